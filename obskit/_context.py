@@ -1,0 +1,69 @@
+"""Order context: which order (and channel) the current code is working on.
+
+The order id and channel live in OpenTelemetry *baggage* (keys ``order.id`` and ``order.channel``)
+so that they cross process boundaries with the W3C ``baggage`` header — over HTTP and inside
+RabbitMQ message headers — with no extra plumbing. Extra attributes given to ``order_context``
+stay local to the process (they may be personal data; baggage reaches third parties).
+
+Readers: the log processor ``processors.add_order_context``, the span processor that copies the
+order onto every span started inside the context, and ``record_stage``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import baggage, context, trace
+
+__all__ = ["ORDER_CHANNEL_KEY", "ORDER_ID_KEY", "current_order", "order_context"]
+
+ORDER_ID_KEY = "order.id"
+ORDER_CHANNEL_KEY = "order.channel"
+
+_extra: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "obskit_order_extra", default={}
+)
+
+
+def current_order() -> tuple[str | None, str | None]:
+    """``(order_id, channel)`` of the active order context, or ``(None, None)``."""
+    ctx = context.get_current()
+    oid = baggage.get_baggage(ORDER_ID_KEY, ctx)
+    ch = baggage.get_baggage(ORDER_CHANNEL_KEY, ctx)
+    return (None if oid is None else str(oid), None if ch is None else str(ch))
+
+
+def current_extra() -> Mapping[str, Any]:
+    return _extra.get()
+
+
+@contextmanager
+def order_context(order_id: Any, channel: str | None = None, **attributes: Any) -> Iterator[None]:
+    """Mark the code inside as working on ``order_id``.
+
+    Log lines inside carry ``order_id`` / ``channel`` (and ``attributes``); spans started inside
+    carry ``order.id`` / ``order.channel``; the current span gets them too; outgoing HTTP requests
+    and RabbitMQ messages carry them to the next service as W3C baggage.
+    """
+    ctx = baggage.set_baggage(ORDER_ID_KEY, str(order_id))
+    if channel is not None:
+        ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)
+    token = context.attach(ctx)
+    extra_token = _extra.set({**_extra.get(), **attributes}) if attributes else None
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(ORDER_ID_KEY, str(order_id))
+        if channel is not None:
+            span.set_attribute(ORDER_CHANNEL_KEY, str(channel))
+        for k, v in attributes.items():
+            if isinstance(v, str | bool | int | float):
+                span.set_attribute(f"order.{k}", v)
+    try:
+        yield
+    finally:
+        if extra_token is not None:
+            _extra.reset(extra_token)
+        context.detach(token)

@@ -1,0 +1,269 @@
+"""The metrics catalogue: every Prometheus family obskit records, in one place.
+
+docs/metrics.md lists the same families; ``tests/test_metrics.py`` checks that they match.
+
+Two guards keep series bounded, because one unbounded label (an order id, a raw URL path) can take
+Prometheus down:
+
+* label *names* that are known to be unbounded (``order_id``, ``trace_id``, ``path``, ...) are
+  refused with ``ValueError`` when a family is declared;
+* every family caps its distinct label sets (``max_series``); past the cap new values are folded
+  into ``"__overflow__"`` and ``obskit_metrics_series_overflow_total`` counts it, so a bug shows up
+  as a number instead of an outage.
+
+Histograms carry an exemplar with the current ``trace_id`` when a span is recording (OpenMetrics
+exposition only; prometheus-client does not store exemplars in multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "FORBIDDEN_LABELS",
+    "OVERFLOW",
+    "Catalogue",
+    "LabelGuardError",
+    "catalogue",
+]
+
+#: Label names that are unbounded by nature. They belong on spans, logs and exemplars.
+FORBIDDEN_LABELS = frozenset(
+    {
+        "order_id", "order", "trace_id", "span_id", "message_id", "request_id", "correlation_id",
+        "user_id", "customer_id", "customer_email", "email", "idempotency_key", "tracking_token",
+        "api_key", "path", "url", "raw_path", "query", "ip", "client_ip", "session_id",
+    }
+)
+OVERFLOW = "__overflow__"
+DEFAULT_MAX_SERIES = 500
+
+# Seconds. Covers a 1 ms cache hit up to a 30 s print-job step.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+# Order stage ages can be minutes (a print) or hours (a stuck order).
+STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+
+
+class LabelGuardError(ValueError):
+    """A metric was declared with a label that would make its series unbounded."""
+
+
+class _Guarded:
+    """A family whose ``labels()`` caches children and caps distinct label sets.
+
+    The cache makes the hot path one dict lookup (prometheus-client takes a lock per
+    ``labels()``).
+    """
+
+    __slots__ = ("metric", "name", "max_series", "_children", "_series", "_lock", "_overflow",
+                 "_n_labels")
+
+    def __init__(self, metric: Any, name: str, n_labels: int, max_series: int,
+                 overflow: Counter | None) -> None:
+        self.metric = metric
+        self.name = name
+        self.max_series = max_series
+        self._n_labels = n_labels
+        self._children: dict[tuple[Any, ...], Any] = {}  # raw values -> child (cache)
+        self._series: dict[tuple[str, ...], Any] = {}  # distinct label sets -> child
+        self._lock = threading.Lock()
+        self._overflow = overflow
+
+    def labels(self, *values: Any) -> Any:
+        child = self._children.get(values)
+        if child is not None:
+            return child
+        key = tuple("" if v is None else str(v) for v in values)
+        if len(key) != self._n_labels:
+            raise ValueError(f"{self.name}: expected {self._n_labels} label values, got {key}")
+        with self._lock:
+            child = self._series.get(key)
+            if child is None:
+                if len(self._series) >= self.max_series:
+                    # Not cached under the raw values: each overflowing call is counted.
+                    if self._overflow is not None:
+                        self._overflow.labels(self.name).inc()
+                    key = (OVERFLOW,) * self._n_labels
+                    child = self._series.get(key)
+                    if child is None:
+                        child = self._series[key] = self.metric.labels(*key)
+                    return child
+                child = self._series[key] = self.metric.labels(*key)
+            if len(self._children) < 4 * self.max_series:
+                self._children[values] = child
+        return child
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.metric, item)
+
+
+def exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ...}`` for the current recording span, else None."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    return {"trace_id": format(ctx.trace_id, "032x")}
+
+
+def observe(histogram_child: Any, value: float) -> None:
+    """Observe with a trace_id exemplar when one is available."""
+    ex = exemplar()
+    if ex is None:
+        histogram_child.observe(value)
+    else:
+        histogram_child.observe(value, ex)
+
+
+class Catalogue:
+    """All obskit metric families, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 max_series: int = DEFAULT_MAX_SERIES) -> None:
+        self.registry = REGISTRY if registry is None else registry
+        self._max_series = max_series
+        self.families: dict[str, _Guarded] = {}
+        self.series_overflow = Counter(
+            "obskit_metrics_series_overflow", "Label sets folded into __overflow__ by the "
+            "cardinality guard, by family.", ["family"], registry=self.registry)
+
+        # --- HTTP server (RED by method, route template, status code) -------------------
+        self.http_server_duration = self.histogram(
+            "http_server_request_duration_seconds",
+            "HTTP server request duration; its _count is the request rate. `route` is the "
+            "route template (never the raw path); unmatched requests have route=\"__unmatched__\".",
+            ["method", "route", "status_code"])
+        self.http_server_active = self.gauge(
+            "http_server_active_requests", "HTTP requests being served now.", ["method"])
+        # --- HTTP client -------------------------------------------------------------------
+        self.http_client_duration = self.histogram(
+            "http_client_request_duration_seconds",
+            "Outgoing HTTP request duration (requests, httpx).",
+            ["method", "server_address", "status_code"])
+        # --- Database and cache ------------------------------------------------------------
+        self.db_duration = self.histogram(
+            "db_client_operation_duration_seconds",
+            "Database operation duration by system (postgresql) and operation (SELECT, ...).",
+            ["db_system", "operation"])
+        self.cache_duration = self.histogram(
+            "cache_operation_duration_seconds",
+            "Cache/Redis command duration by system and command.", ["cache_system", "operation"])
+        self.cache_requests = self.counter(
+            "cache_requests", "Cache-aside lookups by cache name and result (hit, miss, error).",
+            ["cache", "result"])
+        self.cache_invalidations = self.counter(
+            "cache_invalidations", "Cache-aside invalidations by cache name and trigger.",
+            ["cache", "trigger"])
+        # --- Messaging ---------------------------------------------------------------------
+        self.msg_published = self.counter(
+            "messaging_published", "Messages handed to the broker, by exchange and routing key.",
+            ["system", "exchange", "routing_key"])
+        self.msg_confirmed = self.counter(
+            "messaging_confirmed", "Publishes the broker confirmed (publisher confirms).",
+            ["system", "exchange", "routing_key"])
+        self.msg_returned = self.counter(
+            "messaging_returned", "Publishes the broker returned as unroutable or nacked; the "
+            "caller got an exception.", ["system", "exchange", "routing_key", "reason"])
+        self.msg_publish_duration = self.histogram(
+            "messaging_publish_duration_seconds", "Publish duration until the broker confirmed.",
+            ["system", "exchange"])
+        self.msg_consumed = self.counter(
+            "messaging_consumed", "Messages delivered to a consumer, by queue.", ["system", "queue"])
+        self.msg_acked = self.counter(
+            "messaging_acked", "Messages acknowledged after successful processing.",
+            ["system", "queue"])
+        self.msg_retried = self.counter(
+            "messaging_retried", "Messages scheduled for another attempt, by queue and error type.",
+            ["system", "queue", "error_type"])
+        self.msg_dead_lettered = self.counter(
+            "messaging_dead_lettered", "Messages sent to the dead-letter queue, by queue and "
+            "error type.", ["system", "queue", "error_type"])
+        self.msg_process_duration = self.histogram(
+            "messaging_process_duration_seconds",
+            "Consumer handler duration by queue and outcome (ack, retry, dead_letter).",
+            ["system", "queue", "outcome"])
+        self.queue_messages = self.gauge(
+            "messaging_queue_messages", "Messages ready in a queue, polled from the broker "
+            "(DLQs included: queue=\"orders.b2c.dlq\").", ["queue"], multiprocess_mode="max")
+        self.queue_consumers = self.gauge(
+            "messaging_queue_consumers", "Consumers attached to a queue, polled from the broker.",
+            ["queue"], multiprocess_mode="max")
+        # --- Orders ------------------------------------------------------------------------
+        self.order_stage = self.counter(
+            "obskit_order_stage_transitions",
+            "Orders reaching a stage (accepted, stored, published, received, priced, ..., done, "
+            "failed, dead_lettered), by stage and channel (b2c, b2b).", ["stage", "channel"])
+        self.order_stage_age = self.histogram(
+            "obskit_order_stage_age_seconds",
+            "Time from acceptance to reaching a stage, when the caller knows it.",
+            ["stage", "channel"], buckets=STAGE_BUCKETS)
+        # --- Telemetry self-metrics --------------------------------------------------------
+        self.spans_dropped = self.counter(
+            "obskit_telemetry_spans_dropped",
+            "Spans not exported: queue_full (collector slow or dead) or export_failed.",
+            ["reason"])
+        self.spans_exported = self.counter(
+            "obskit_telemetry_spans_exported", "Spans the exporter accepted.", [])
+        self.logs_dropped = self.counter(
+            "obskit_telemetry_log_records_dropped",
+            "Log records not exported over OTLP (queue_full or export_failed).", ["reason"])
+        self.internal_errors = self.counter(
+            "obskit_internal_errors",
+            "Errors inside obskit that were swallowed so the host kept running, by component.",
+            ["component"])
+
+    # --- declaration helpers ---------------------------------------------------------------
+    def _check(self, name: str, labels: Sequence[str]) -> None:
+        bad = sorted(set(labels) & FORBIDDEN_LABELS)
+        if bad:
+            raise LabelGuardError(
+                f"metric {name!r}: label(s) {', '.join(bad)} are unbounded; put them on spans, "
+                "logs or exemplars instead"
+            )
+
+    def _wrap(self, metric: Any, name: str, labels: Sequence[str]) -> Any:
+        if not labels:
+            self.families[name] = metric
+            return metric
+        guarded = _Guarded(metric, name, len(labels), self._max_series, self.series_overflow)
+        self.families[name] = guarded
+        return guarded
+
+    def counter(self, name: str, doc: str, labels: Sequence[str]) -> Any:
+        self._check(name, labels)
+        return self._wrap(Counter(name, doc, list(labels), registry=self.registry),
+                          name + "_total", labels)
+
+    def histogram(self, name: str, doc: str, labels: Sequence[str],
+                  buckets: Sequence[float] = LATENCY_BUCKETS) -> Any:
+        self._check(name, labels)
+        return self._wrap(Histogram(name, doc, list(labels), registry=self.registry,
+                                    buckets=buckets), name, labels)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str],
+              multiprocess_mode: str = "livesum") -> Any:
+        self._check(name, labels)
+        return self._wrap(Gauge(name, doc, list(labels), registry=self.registry,
+                                multiprocess_mode=multiprocess_mode), name, labels)
+
+
+_catalogues: dict[int, Catalogue] = {}
+_lock = threading.Lock()
+
+
+def catalogue(registry: CollectorRegistry | None = None) -> Catalogue:
+    """The catalogue bound to ``registry`` (default: prometheus-client's global ``REGISTRY``)."""
+    reg = REGISTRY if registry is None else registry
+    cat = _catalogues.get(id(reg))
+    if cat is None:
+        with _lock:
+            cat = _catalogues.get(id(reg))
+            if cat is None:
+                cat = _catalogues[id(reg)] = Catalogue(reg)
+    return cat
