@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from obskit import _config, _logging, _tracing
 from obskit.integrations import IntegrationStatus, instrument_all, uninstrument_all
-from obskit.metrics import Catalogue, catalogue
+from obskit.metrics import Catalogue, catalogue, set_active
 
 __all__ = ["Handle", "get_handle", "init", "shutdown"]
 
@@ -86,6 +86,7 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
             return _handle
         settings = _config.resolve({"service_name": service_name, **options})
         cat = catalogue(registry)
+        set_active(cat)
 
         provider = None
         logger_provider = None
@@ -127,6 +128,7 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
     if handle is None:
         return
     uninstrument_all()
+    set_active(None)
     for p in (handle.tracer_provider, handle.logger_provider):
         if p is None:
             continue

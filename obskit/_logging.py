@@ -43,6 +43,8 @@ class _OtlpExport:
                 for k, v in event_dict.items()
                 if k not in ("event", "level", "timestamp", "trace_id", "span_id") and v is not None
             }
+            if str(event_dict.get("logger", "")).startswith("opentelemetry"):
+                return event_dict  # exporter trouble is not exported through the exporter
             self._logger.emit(
                 LogRecord(
                     context=None,  # current context: carries the active span
@@ -137,7 +139,9 @@ def configure(settings: Settings, logger_provider: Any | None, stream: TextIO | 
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_StdoutLoggerFactory(stream),
         context_class=dict,
-        cache_logger_on_first_use=True,
+        # Not cached: a logger first used before init() (or before a re-init in tests) must
+        # not stay pinned to the old pipeline. Costs one bind per call (~2 µs).
+        cache_logger_on_first_use=False,
     )
 
     root = logging.getLogger()
@@ -165,9 +169,34 @@ def configure(settings: Settings, logger_provider: Any | None, stream: TextIO | 
         root.addHandler(handler)
         root.setLevel(level)
         _stdlib_handler = handler
-    # Our own exporters' noise (e.g. "Failed to export ... UNAVAILABLE") is rate-limited by the
-    # SDK, but it would still be re-exported through OTLP: keep it out of the OTLP pipeline.
-    logging.getLogger("opentelemetry").setLevel(max(level, logging.WARNING))
+    # A dead collector makes the exporters log on every retry; one line per message kind per
+    # minute says what is wrong without flooding the service's own logs.
+    otel_logger = logging.getLogger("opentelemetry")
+    otel_logger.setLevel(max(level, logging.WARNING))
+    if not any(isinstance(f, _RateLimit) for f in otel_logger.filters):
+        otel_logger.addFilter(_RateLimit(60.0))
+
+
+class _RateLimit(logging.Filter):
+    """Let each (logger, message template) through at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        key = (record.name, str(record.msg)[:40])
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 def _remove_otel_handlers(root: logging.Logger) -> None:
@@ -192,7 +221,13 @@ def get_logger(name: str | None = None, **initial_values: Any) -> Any:
     """A structlog logger; ``name`` (default: the caller's module) is ``logger`` on every line."""
     if name is None:
         name = sys._getframe(1).f_globals.get("__name__", "app")
-    return structlog.get_logger(**initial_values).bind(logger=name)
+    # A lazy proxy: a logger created at import time, before init(), still uses the pipeline
+    # that init() configures later.
+    return structlog.get_logger(**{_NAME_KEY: name}, **initial_values)
+
+
+# structlog.get_logger() reserves the keyword `logger`, so the name is bound under this key.
+_NAME_KEY = "_obskit_logger"
 
 
 def _add_logger_name(logger: Any, method_name: str, event_dict: Any) -> Any:
@@ -200,5 +235,5 @@ def _add_logger_name(logger: Any, method_name: str, event_dict: Any) -> Any:
     if record is not None:
         event_dict["logger"] = record.name
     else:
-        event_dict.setdefault("logger", "app")
+        event_dict["logger"] = event_dict.pop(_NAME_KEY, None) or "app"
     return event_dict

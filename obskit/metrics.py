@@ -257,8 +257,23 @@ _catalogues: dict[int, Catalogue] = {}
 _lock = threading.Lock()
 
 
+_active: Catalogue | None = None
+
+
+def set_active(cat: Catalogue | None) -> None:
+    """Make ``cat`` what ``catalogue()`` returns by default (``init(registry=...)`` does this)."""
+    global _active
+    _active = cat
+
+
 def catalogue(registry: CollectorRegistry | None = None) -> Catalogue:
-    """The catalogue bound to ``registry`` (default: prometheus-client's global ``REGISTRY``)."""
+    """The catalogue bound to ``registry``.
+
+    Default: the one ``obskit.init()`` set up (its ``registry=``), else prometheus-client's
+    global ``REGISTRY``.
+    """
+    if registry is None and _active is not None:
+        return _active
     reg = REGISTRY if registry is None else registry
     cat = _catalogues.get(id(reg))
     if cat is None:
@@ -267,3 +282,20 @@ def catalogue(registry: CollectorRegistry | None = None) -> Catalogue:
             if cat is None:
                 cat = _catalogues[id(reg)] = Catalogue(reg)
     return cat
+
+
+def markdown_table() -> str:
+    """The catalogue as the table in docs/metrics.md (``python -m obskit.metrics``)."""
+    cat = Catalogue(CollectorRegistry())
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    entries = [("obskit_metrics_series_overflow_total", cat.series_overflow),
+               *cat.families.items()]
+    for name, fam in sorted(entries):
+        m = getattr(fam, "metric", fam)
+        labels = ", ".join(f"`{lbl}`" for lbl in m._labelnames) or "—"
+        rows.append(f"| `{name}` | {m._type} | {labels} | {m._documentation} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

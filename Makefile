@@ -1,0 +1,36 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   - run the reference system (orderflow) against the local services and print a summary
+#   make test   - install everything and run the whole test suite against the local services
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SETUP_STAMP := $(VENV)/.obskit-setup
+PYTHON ?= python3
+
+.PHONY: setup services test demo quickstart lint bench
+
+$(SETUP_STAMP): pyproject.toml $(wildcard examples/orderflow/pyproject.toml)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]' $(if $(wildcard examples/orderflow/pyproject.toml),-e examples/orderflow)
+	touch $@
+
+setup: $(SETUP_STAMP)
+
+services:
+	scripts/services.sh
+
+test: setup services
+	$(VENV)/bin/pytest
+
+quickstart: setup
+	$(PY) examples/quickstart/app.py
+
+demo: quickstart
+
+lint: setup
+	$(VENV)/bin/ruff check obskit tests
+	$(VENV)/bin/mypy obskit
+
+bench: setup services
+	$(PY) benchmarks/bench_http.py

@@ -1,0 +1,137 @@
+"""``obskit doctor``: what obskit would do in this environment, and whether it can.
+
+Prints the effective configuration (with where each value came from; secrets masked), which
+integrations would be active, and whether the OTLP endpoint and the metrics port are reachable.
+Exit code 0 when everything configured is reachable, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from obskit import _config
+from obskit.integrations import INTEGRATIONS
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="show effective configuration, integrations and "
+                       "reachability of the OTLP endpoint and metrics port")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per reachability check")
+    p.set_defaults(func=run)
+
+
+def _tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, f"{host}:{port} accepts connections"
+    except OSError as exc:
+        return False, f"{host}:{port} unreachable: {exc.strerror or exc}"
+
+
+def _otlp_check(settings: _config.Settings, timeout: float) -> dict[str, Any]:
+    endpoint = settings.otlp_endpoint
+    if not endpoint:
+        return {"configured": False, "ok": True,
+                "detail": f"no endpoint; spans go to {settings.resolved_spans_file or 'nowhere'}"}
+    url = urlparse(endpoint)
+    default_port = 4317 if settings.otlp_protocol == "grpc" else 4318
+    ok, detail = _tcp_check(url.hostname or "localhost", url.port or default_port, timeout)
+    return {"configured": True, "ok": ok, "endpoint": endpoint,
+            "protocol": settings.otlp_protocol, "detail": detail}
+
+
+def _metrics_check(settings: _config.Settings, timeout: float) -> dict[str, Any]:
+    port = settings.metrics_port
+    if port is None:
+        return {"configured": False, "ok": True,
+                "detail": "OBSKIT_METRICS_PORT unset; mount obskit.metrics_asgi_app() instead"}
+    # Free → init() can bind it. Taken → either this service is already serving (fine) or
+    # something else holds it; we say which we saw.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.metrics_addr, port))
+        return {"configured": True, "ok": True, "port": port,
+                "detail": f"port {port} is free: init() will serve /metrics there"}
+    except OSError:
+        host = "127.0.0.1" if settings.metrics_addr in ("0.0.0.0", "") else settings.metrics_addr
+        ok, detail = _tcp_check(host, port, timeout)
+        serving = _looks_like_metrics(host, port, timeout) if ok else False
+        return {"configured": True, "ok": serving, "port": port,
+                "detail": "port in use and serving Prometheus metrics" if serving
+                else f"port {port} is taken by something that does not serve /metrics ({detail})"}
+    finally:
+        probe.close()
+
+
+def _looks_like_metrics(host: str, port: int, timeout: float) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+            return b"# HELP" in r.read(65536)
+    except Exception:
+        return False
+
+
+def _integrations(settings: _config.Settings) -> list[dict[str, str]]:
+    out = []
+    disabled = settings.disabled_instrumentations
+    for name in INTEGRATIONS:
+        if name in disabled or "all" in disabled:
+            out.append({"name": name, "state": "disabled"})
+            continue
+        try:
+            module = importlib.import_module(f"obskit.integrations.{name}")
+        except ImportError as exc:
+            out.append({"name": name, "state": "unavailable", "detail": str(exc)})
+            continue
+        libs = getattr(module, "LIBRARIES", ())
+        missing = [lib for lib in libs if importlib.util.find_spec(lib) is None]
+        if missing:
+            out.append({"name": name, "state": "missing", "detail": f"not installed: {missing[0]}"})
+        else:
+            out.append({"name": name, "state": "would be active"})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _config.resolve({})
+    except ValueError as exc:
+        print(f"configuration error: {exc}")
+        return 1
+    report = {
+        "configuration": {
+            name: {"value": value, "source": settings.sources[name]}
+            for name, value in settings.masked().items()
+        },
+        "integrations": _integrations(settings),
+        "otlp": _otlp_check(settings, args.timeout),
+        "metrics": _metrics_check(settings, args.timeout),
+    }
+    ok = report["otlp"]["ok"] and report["metrics"]["ok"]
+    report["ok"] = ok
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0 if ok else 1
+    print("obskit doctor\n\nconfiguration (argument > env > default):")
+    for name, item in report["configuration"].items():
+        value = item["value"]
+        shown = "—" if value in (None, [], {}, "") else value
+        print(f"  {name:<26} {shown!s:<40} ({item['source']})")
+    print("\nintegrations:")
+    for item in report["integrations"]:
+        detail = f" ({item['detail']})" if item.get("detail") else ""
+        print(f"  {item['name']:<12} {item['state']}{detail}")
+    mark = {True: "ok  ", False: "FAIL"}
+    print(f"\nOTLP endpoint   {mark[report['otlp']['ok']]} {report['otlp']['detail']}")
+    print(f"metrics port    {mark[report['metrics']['ok']]} {report['metrics']['detail']}")
+    return 0 if ok else 1

@@ -1,0 +1,133 @@
+import io
+import json
+import logging
+import re
+
+from opentelemetry import trace
+
+import obskit
+from obskit.processors import REDACTED, Scrubber
+from obskit.testing import init_for_tests
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def test_every_line_has_the_base_fields():
+    with init_for_tests("crm", disabled_instrumentations="all") as t:
+        obskit.get_logger("crm.api").info("order received", items=2)
+    (line,) = t.logs
+    assert line["event"] == "order received"
+    assert line["level"] == "info"
+    assert line["service"] == "crm"
+    assert line["logger"] == "crm.api"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", line["timestamp"])
+    assert line["items"] == 2
+    assert "trace_id" not in line and "order_id" not in line  # outside span and order
+
+
+def test_span_and_order_context_reach_structlog_and_stdlib_lines():
+    with init_for_tests("mes", disabled_instrumentations="all") as t:
+        tracer = trace.get_tracer("t")
+        with tracer.start_as_current_span("price") as span:
+            with obskit.order_context("ord-42", channel="b2b", partner="acme"):
+                obskit.get_logger("mes").info("pricing")
+                logging.getLogger("somelib.pool").warning("slow %s", "query", extra={"ms": 12})
+        ctx = span.get_span_context()
+    lines = t.logs
+    assert [ln["event"] for ln in lines] == ["pricing", "slow query"]
+    for ln in lines:
+        assert HEX32.match(ln["trace_id"]) and int(ln["trace_id"], 16) == ctx.trace_id
+        assert HEX16.match(ln["span_id"]) and int(ln["span_id"], 16) == ctx.span_id
+        assert (ln["order_id"], ln["channel"], ln["partner"]) == ("ord-42", "b2b", "acme")
+        assert ln["service"] == "mes"
+    assert lines[1]["logger"] == "somelib.pool" and lines[1]["level"] == "warning"
+    assert lines[1]["ms"] == 12
+    # the span got the order too
+    (finished,) = t.spans
+    assert finished.attributes["order.id"] == "ord-42"
+    assert finished.attributes["order.channel"] == "b2b"
+
+
+def test_order_context_ends_with_the_block_and_nests():
+    with init_for_tests("svc", disabled_instrumentations="all") as t:
+        log = obskit.get_logger("x")
+        with obskit.order_context("a", channel="b2c"):
+            with obskit.order_context("b"):
+                log.info("inner")
+            log.info("outer")
+        log.info("after")
+    inner, outer, after = t.logs
+    assert (inner["order_id"], inner["channel"]) == ("b", "b2c")
+    assert outer["order_id"] == "a"
+    assert "order_id" not in after
+
+
+def test_exceptions_are_rendered_once_with_traceback():
+    with init_for_tests("svc", disabled_instrumentations="all") as t:
+        try:
+            raise ValueError("bad volume")
+        except ValueError:
+            obskit.get_logger("x").exception("pricing failed")
+            logging.getLogger("lib").exception("lib failed")
+    a, b = t.logs
+    assert a["level"] == "error" and "ValueError: bad volume" in a["exception"]
+    assert b["level"] == "error" and "ValueError: bad volume" in b["exception"]
+
+
+def test_scrubbing_secret_keys_but_not_ordinary_words():
+    with init_for_tests("svc", disabled_instrumentations="all", scrub_keys="iban") as t:
+        obskit.get_logger("x").info(
+            "login",
+            password="hunter2", api_key="k-123", Authorization="Bearer abc", session_cookie="c",
+            accessToken="t", iban="DE00", headers={"X-Api-Key": "k", "Accept": "json"},
+            token_count=7, monkey="banana", passage="text", tokenizer="bpe",
+            dsn="postgresql://app:pa55@db:5432/orders",
+            note="retrying with password=hunter2 and token: abc123",
+        )
+        logging.getLogger("lib").info("connect", extra={"secret": "s", "user": "bob"})
+    line, stdlib_line = t.logs
+    for key in ("password", "api_key", "Authorization", "session_cookie", "accessToken", "iban"):
+        assert line[key] == REDACTED, key
+    assert line["headers"] == {"X-Api-Key": REDACTED, "Accept": "json"}
+    assert (line["token_count"], line["monkey"], line["passage"], line["tokenizer"]) == (
+        7, "banana", "text", "bpe")
+    assert line["dsn"] == f"postgresql://app:{REDACTED}@db:5432/orders"
+    assert "hunter2" not in line["note"] and "abc123" not in line["note"]
+    assert stdlib_line["secret"] == REDACTED and stdlib_line["user"] == "bob"
+    raw = t.stream.getvalue()
+    for secret in ("hunter2", "k-123", "pa55", "DE00"):
+        assert secret not in raw
+
+
+def test_scrubber_key_classification():
+    s = Scrubber()
+    for key in ("password", "db_password", "X-Auth-Token", "client_secret", "set-cookie",
+                "privateKey", "private_key", "API_KEY", "refresh_token"):
+        assert s.is_secret(key), key
+    for key in ("monkey", "token_count", "token_type", "passage", "author", "keyboard",
+                "tokenizer", "order_id", "secretary_name"):
+        assert not s.is_secret(key), key
+
+
+def test_level_filtering_applies_to_both_apis():
+    with init_for_tests("svc", disabled_instrumentations="all", log_level="WARNING") as t:
+        obskit.get_logger("x").info("hidden")
+        logging.getLogger("lib").info("hidden too")
+        obskit.get_logger("x").warning("shown")
+    assert [ln["event"] for ln in t.logs] == ["shown"]
+
+
+def test_console_format_is_readable_not_json():
+    stream = io.StringIO()
+    obskit.init("svc", log_format="console", log_stream=stream, spans_file="off",
+                disabled_instrumentations="all")
+    obskit.get_logger("x").info("hello console", order="o1")
+    out = stream.getvalue()
+    assert "hello console" in out
+    try:
+        json.loads(out.splitlines()[0])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("console format printed JSON")

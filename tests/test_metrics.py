@@ -1,0 +1,87 @@
+import re
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+import obskit
+from obskit.metrics import OVERFLOW, Catalogue, LabelGuardError, observe
+from obskit.testing import init_for_tests
+
+
+def test_unbounded_label_names_are_refused():
+    cat = Catalogue(CollectorRegistry())
+    for label in ("order_id", "trace_id", "path", "customer_email"):
+        with pytest.raises(LabelGuardError, match=label):
+            cat.counter(f"bad_{label}", "doc", ["stage", label])
+
+
+def test_cardinality_cap_folds_new_series_into_overflow():
+    reg = CollectorRegistry()
+    cat = Catalogue(reg, max_series=3)
+    for i in range(10):  # e.g. a bug passing an order id as "stage"
+        cat.order_stage.labels(f"ord-{i}", "b2c").inc()
+    samples = {
+        s.labels["stage"]: s.value
+        for fam in reg.collect() if fam.name == "obskit_order_stage_transitions"
+        for s in fam.samples if s.name.endswith("_total")
+    }
+    assert set(samples) == {"ord-0", "ord-1", "ord-2", OVERFLOW}
+    assert samples[OVERFLOW] == 7
+    assert reg.get_sample_value("obskit_metrics_series_overflow_total",
+                                {"family": "obskit_order_stage_transitions_total"}) == 7
+
+
+def test_same_values_reuse_the_series_without_counting_overflow():
+    reg = CollectorRegistry()
+    cat = Catalogue(reg, max_series=2)
+    for _ in range(5):
+        cat.order_stage.labels("done", "b2c").inc()
+        cat.order_stage.labels("done", "b2b").inc()
+    assert reg.get_sample_value("obskit_order_stage_transitions_total",
+                                {"stage": "done", "channel": "b2c"}) == 5
+    assert reg.get_sample_value("obskit_metrics_series_overflow_total",
+                                {"family": "obskit_order_stage_transitions_total"}) is None
+
+
+def test_record_stage_counts_by_stage_and_channel_and_never_labels_the_order():
+    with init_for_tests("crm", disabled_instrumentations="all") as t:
+        with obskit.order_context("ord-777", channel="b2c"):
+            obskit.record_stage("accepted")
+            obskit.record_stage("stored")
+        obskit.record_stage("published", order_id="ord-778", channel="b2b")
+        text = om_latest(t.registry).decode()
+    assert t.metric("obskit_order_stage_transitions_total",
+                    {"stage": "accepted", "channel": "b2c"}) == 1
+    assert t.metric("obskit_order_stage_transitions_total",
+                    {"stage": "published", "channel": "b2b"}) == 1
+    assert "ord-777" not in text and "ord-778" not in text
+    assert [ln["order_id"] for ln in t.logs] == ["ord-777", "ord-777", "ord-778"]
+
+
+def test_histograms_carry_trace_id_exemplars_in_openmetrics():
+    from opentelemetry import trace
+
+    with init_for_tests("svc", disabled_instrumentations="all") as t:
+        with trace.get_tracer("t").start_as_current_span("work") as span:
+            observe(t.handle.catalogue.db_duration.labels("postgresql", "SELECT"), 0.003)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        text = om_latest(t.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    fam = families["db_client_operation_duration_seconds"]
+    exemplars = [s.exemplar for s in fam.samples if s.exemplar is not None]
+    assert exemplars and exemplars[0].labels == {"trace_id": trace_id}
+
+
+def test_catalogue_matches_docs(repo_root):
+    from obskit.metrics import markdown_table
+
+    doc = (repo_root / "docs" / "metrics.md").read_text()
+    assert markdown_table() in doc, "regenerate with: python -m obskit.metrics"
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc, re.M))
+    cat = Catalogue(CollectorRegistry())
+    declared = set(cat.families) | {"obskit_metrics_series_overflow_total"}
+    assert declared == documented, (declared - documented, documented - declared)
+    for name in declared:  # Prometheus naming: base units and suffixes
+        assert not re.search(r"_(ms|milliseconds|count)$", name), name
