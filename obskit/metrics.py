@@ -18,6 +18,7 @@ exposition only; prometheus-client does not store exemplars in multiprocess mode
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,7 +254,9 @@ class Catalogue:
                                 multiprocess_mode=multiprocess_mode), name, labels)
 
 
-_catalogues: dict[int, Catalogue] = {}
+# Keyed by the registry object itself (weakly): an id() could be reused by a new registry
+# after the old one was garbage-collected, handing out a stale catalogue.
+_catalogues: weakref.WeakKeyDictionary[CollectorRegistry, Catalogue] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -275,12 +278,12 @@ def catalogue(registry: CollectorRegistry | None = None) -> Catalogue:
     if registry is None and _active is not None:
         return _active
     reg = REGISTRY if registry is None else registry
-    cat = _catalogues.get(id(reg))
+    cat = _catalogues.get(reg)
     if cat is None:
         with _lock:
-            cat = _catalogues.get(id(reg))
+            cat = _catalogues.get(reg)
             if cat is None:
-                cat = _catalogues[id(reg)] = Catalogue(reg)
+                cat = _catalogues[reg] = Catalogue(reg)
     return cat
 
 

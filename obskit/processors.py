@@ -40,6 +40,9 @@ DEFAULT_SCRUB_KEYS: tuple[str, ...] = (
 _HARMLESS_SUFFIXES = frozenset({"count", "type", "name", "length", "len", "id_type", "expires",
                                 "expiry", "ttl", "url"})
 
+# Set by obskit's own processors or by logging itself; never user-provided secrets.
+_TRUSTED = frozenset({"level", "logger", "_record", "_from_structlog", "order_id", "channel"})
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -109,12 +112,15 @@ class Scrubber:
         return value
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
-        for key, value in list(event_dict.items()):
-            if value is None:
+        for key, value in event_dict.items():
+            if value is None or key in _TRUSTED:
                 continue
             if self.is_secret(key):
                 event_dict[key] = REDACTED
-            elif isinstance(value, str | dict | list | tuple):
+            elif isinstance(value, str):
+                if "=" in value or ":" in value:
+                    event_dict[key] = self.scrub_text(value)
+            elif isinstance(value, dict | list | tuple):
                 event_dict[key] = self.scrub(value)
         return event_dict
 

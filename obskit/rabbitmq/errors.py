@@ -60,7 +60,9 @@ class TopologyConflictError(TopologyError):
         self.detail = detail
         where = f" in vhost {vhost!r}" if vhost else ""
         if argument:
-            msg = (f"{kind} {name!r}{where} already exists with {argument}={existing!r}; the "
+            has = (f"without {argument}" if existing in (None, "none")
+                   else f"with {argument}={existing!r}")
+            msg = (f"{kind} {name!r}{where} already exists {has}; the "
                    f"declared topology wants {argument}={declared!r}. RabbitMQ cannot change it "
                    f"in place: drain and delete the {kind} (or move it with a policy/new name), "
                    f"then declare again.")

@@ -1,0 +1,470 @@
+"""Consume with manual acks, classified retries, a DLQ with error headers, and idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry
+
+from obskit import propagation
+from obskit._context import current_order
+from obskit.metrics import observe
+
+from . import _headers as H
+from ._env import amqp_url
+from ._idempotency import IdempotencyGuard, InFlightElsewhere
+from ._telemetry import (
+    ATTR_BODY_SIZE,
+    ATTR_CONVERSATION_ID,
+    ATTR_DELIVERY_COUNT,
+    ATTR_DELIVERY_TAG,
+    ATTR_DESTINATION,
+    ATTR_ERROR_TYPE,
+    ATTR_MESSAGE_ID,
+    ATTR_OPERATION_NAME,
+    ATTR_OPERATION_TYPE,
+    ATTR_ROUTING_KEY,
+    ATTR_SUBSCRIPTION,
+    ATTR_SYSTEM,
+    SYSTEM,
+    Telemetry,
+    guarded,
+    suppressed,
+    utc_now_iso,
+)
+from ._topology import QueueSpec
+from .errors import MessageParseError, PermanentError, PublishError, RetryableError
+
+__all__ = ["Consumer", "Delivery", "Handler", "json_body"]
+
+_MAX_ERROR_MESSAGE = 1000
+_MAX_STACK = 4000
+
+
+def json_body(body: bytes) -> Any:
+    """The default parser: JSON. Any failure is a ``MessageParseError`` (→ DLQ at once)."""
+    return json.loads(body)
+
+
+@dataclass
+class Delivery:
+    """What a handler receives. ``data`` is the parsed body; ``db`` the idempotency transaction.
+
+    The order context (``order_id``/``channel`` from the W3C baggage header) is already active
+    while the handler runs: logs and spans inside carry it. Re-enter
+    ``obskit.order_context(d.order_id, d.channel, **local_attrs)`` to add local attributes.
+    """
+
+    body: bytes
+    data: Any
+    message_id: str | None
+    headers: dict[str, Any]
+    attempt: int
+    queue: str
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    order_id: str | None
+    channel: str | None
+    content_type: str | None
+    correlation_id: str | None
+    db: Any = None
+    message: aio_pika.abc.AbstractIncomingMessage | None = field(default=None, repr=False)
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+def _is_permanent(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bool:
+    if isinstance(exc, RetryableError):
+        return False
+    if isinstance(exc, PermanentError | UnicodeDecodeError) or isinstance(exc, extra):
+        return True
+    # Validation errors of pydantic / jsonschema / marshmallow: retrying cannot fix the data.
+    return any(c.__name__ == "ValidationError" for c in type(exc).__mro__)
+
+
+def _qualname(exc: BaseException) -> str:
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+class Consumer:
+    """Consume one queue of the topology.
+
+    * manual ack after the handler returns; ``prefetch`` bounds unacked deliveries and
+      ``concurrency`` the handlers running at once;
+    * ``PermanentError``, a body ``parse`` cannot read, validation errors and ``permanent_errors``
+      go to ``<queue>.dlq`` at once; other exceptions retry through the delay tiers until
+      ``queue.max_attempts``, then the DLQ. DLQ messages carry ``x-obskit-*`` error headers;
+    * the copy to the retry tier / DLQ is published with a confirm *before* the original is
+      acked: a crash in between duplicates (deduplicated by ``idempotency``), never loses;
+    * reconnects (robust connection) and resumes; ``stop()`` stops taking messages, lets
+      in-flight handlers finish for ``shutdown_timeout`` seconds, then returns the rest to the
+      queue unacked.
+    """
+
+    def __init__(self, queue: QueueSpec, handler: Handler, *, url: str | None = None,
+                 vhost: str | None = None, prefetch: int = 32, concurrency: int = 8,
+                 parse: Callable[[bytes], Any] | None = json_body,
+                 idempotency: IdempotencyGuard | None = None,
+                 permanent_errors: tuple[type[BaseException], ...] = (),
+                 shutdown_timeout: float = 30.0, reconnect_interval: float = 1.0,
+                 record_dead_letter_stage: bool = True,
+                 tracer_provider: trace.TracerProvider | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        if concurrency < 1 or prefetch < 1:
+            raise ValueError("prefetch and concurrency must be >= 1")
+        self.spec = queue
+        self.handler = handler
+        self.url = amqp_url(url, vhost)
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.parse = parse
+        self.idempotency = idempotency
+        self.permanent_errors = permanent_errors
+        self.shutdown_timeout = shutdown_timeout
+        self.reconnect_interval = reconnect_interval
+        self.record_dead_letter_stage = record_dead_letter_stage
+        self._registry = registry
+        self._tm = Telemetry(tracer_provider, registry)
+        self._sem = asyncio.Semaphore(concurrency)
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        m = self._tm.metrics
+        q = queue.name
+        self._m_consumed = m.msg_consumed.labels(SYSTEM, q)
+        self._m_acked = m.msg_acked.labels(SYSTEM, q)
+        self._m_duration = {o: m.msg_process_duration.labels(SYSTEM, q, o)
+                            for o in ("ack", "retry", "dead_letter", "duplicate", "requeue")}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect and start consuming; returns at once (handlers run in the background).
+
+        Raises if the broker is unreachable now; after that, connection losses are retried
+        forever (with backoff up to 30 s) and consumption resumes.
+        """
+        self._stopping = False
+        self._stopped.clear()
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(),
+                                               name=f"obskit-consumer-{self.spec.name}")
+        with guarded():
+            self._tm.log.info("consumer started", queue=self.spec.name, prefetch=self.prefetch,
+                              concurrency=self.concurrency)
+
+    async def _connect(self) -> None:
+        # A plain connection plus our own reconnect loop (not connect_robust): the re-consume
+        # after a reconnect must run with generic aio-pika instrumentation suppressed too.
+        lost = asyncio.Event()
+        connection = await aio_pika.connect(self.url)
+        try:
+            # Confirms on the consuming channel: retry/DLQ copies are confirmed before the ack.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await channel.get_queue(self.spec.name, ensure=True)
+            connection.close_callbacks.add(lambda *_: lost.set())
+            channel.close_callbacks.add(lambda *_: lost.set())
+            with suppressed():
+                tag = await queue.consume(self._on_message)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel, self._queue, self._tag = connection, channel, queue, tag
+        self._lost = lost
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            await self._lost.wait()
+            if self._stopping:
+                return
+            with guarded():
+                self._tm.log.warning("consumer connection lost, reconnecting",
+                                     queue=self.spec.name)
+            old = self._connection
+            if old is not None and not old.is_closed:
+                with contextlib.suppress(Exception):
+                    await old.close()
+            delay = self.reconnect_interval
+            while not self._stopping:
+                try:
+                    await self._connect()
+                    with guarded():
+                        self._tm.log.info("consumer reconnected", queue=self.spec.name)
+                    break
+                except Exception as exc:
+                    with guarded():
+                        self._tm.log.warning("reconnect failed", queue=self.spec.name,
+                                             error=repr(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """``start()`` then wait until ``stop()`` (or SIGTERM/SIGINT when ``handle_signals``)."""
+        await self.start()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+                except (NotImplementedError, RuntimeError):  # not the main thread
+                    pass
+        await self._stopped.wait()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking messages; finish in-flight handlers or return their messages."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._lost.set()  # wake the supervisor so it exits
+        try:
+            if self._queue is not None and self._tag is not None:
+                with contextlib.suppress(Exception):  # channel gone: the broker requeues
+                    await self._queue.cancel(self._tag)
+            pending = {t for t in self._tasks if not t.done()}
+            if pending:
+                _, still = await asyncio.wait(pending, timeout=timeout or self.shutdown_timeout)
+                for t in still:
+                    t.cancel()  # its message is nacked back to the queue
+                if still:
+                    await asyncio.wait(still, timeout=5)
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._supervisor
+            if self._connection is not None and not self._connection.is_closed:
+                await self._connection.close()
+        finally:
+            self._connection = self._channel = self._queue = None
+            self._supervisor = None
+            with guarded():
+                self._tm.log.info("consumer stopped", queue=self.spec.name)
+            self._stopped.set()
+
+    # --- per message -------------------------------------------------------------------------
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            channel = self._channel  # retry/DLQ copies go out on the delivery's channel
+            async with self._sem:
+                if self._stopping:
+                    await _settle(message.nack, requeue=True)
+                    return
+                await self._process(message, channel)
+        except asyncio.CancelledError:
+            await _settle(message.nack, requeue=True)
+            raise
+
+    async def _process(self, message: aio_pika.abc.AbstractIncomingMessage,
+                       channel: aio_pika.abc.AbstractChannel | None) -> None:
+        tm = self._tm
+        spec = self.spec
+        started = time.perf_counter()
+        headers: dict[str, Any] = dict(message.headers or {})
+        try:
+            failed_before = int(headers.get(H.ATTEMPT, 0) or 0)
+        except (TypeError, ValueError):
+            failed_before = 0
+        attempt = failed_before + 1
+        mid = message.message_id
+        with guarded():
+            self._m_consumed.inc()
+        with propagation.attached(headers) as ctx:
+            links: list[Link] = []
+            with guarded():
+                parent = trace.get_current_span(ctx).get_span_context()
+                if parent.is_valid:
+                    links.append(Link(parent))
+            order_id, order_channel = current_order()
+            with tm.tracer.start_as_current_span(
+                f"{spec.name} process", kind=SpanKind.CONSUMER, links=links,
+                attributes={
+                    ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: spec.name,
+                    "messaging.rabbitmq.destination.exchange": message.exchange or "amq.default",
+                    "messaging.rabbitmq.message.redelivered": bool(message.redelivered),
+                    ATTR_SUBSCRIPTION: spec.name, ATTR_OPERATION_TYPE: "process",
+                    ATTR_OPERATION_NAME: "process", ATTR_MESSAGE_ID: mid or "",
+                    ATTR_ROUTING_KEY: message.routing_key or "",
+                    ATTR_DELIVERY_TAG: message.delivery_tag or 0,
+                    ATTR_DELIVERY_COUNT: attempt, ATTR_BODY_SIZE: len(message.body),
+                    **({"order.id": order_id} if order_id else {}),
+                    **({ATTR_CONVERSATION_ID: message.correlation_id}
+                       if message.correlation_id else {}),
+                },
+                record_exception=False, set_status_on_exception=False,
+            ) as span:
+                outcome = await self._run_handler(message, channel, headers, mid, attempt,
+                                                  failed_before, order_id, order_channel, span)
+        with guarded():
+            observe(self._m_duration[outcome], time.perf_counter() - started)
+
+    async def _run_handler(self, message: aio_pika.abc.AbstractIncomingMessage,
+                           channel: aio_pika.abc.AbstractChannel | None,
+                           headers: dict[str, Any], mid: str | None, attempt: int,
+                           failed_before: int, order_id: str | None,
+                           order_channel: str | None, span: trace.Span) -> str:
+        tm = self._tm
+        spec = self.spec
+        log_fields: dict[str, Any] = {"queue": spec.name, "message_id": mid,
+                                      "attempt": attempt}
+        if order_id:
+            log_fields["order_id"] = order_id
+        try:
+            try:
+                data = self.parse(message.body) if self.parse is not None else None
+            except Exception as exc:
+                raise MessageParseError(f"cannot parse body: {type(exc).__name__}: {exc}") \
+                    from exc
+            delivery = Delivery(
+                body=message.body, data=data, message_id=mid, headers=headers, attempt=attempt,
+                queue=spec.name, exchange=message.exchange or "",
+                routing_key=message.routing_key or "", redelivered=bool(message.redelivered),
+                order_id=order_id, channel=order_channel, content_type=message.content_type,
+                correlation_id=message.correlation_id, message=message)
+            if self.idempotency is not None and mid:
+                async with self.idempotency.claim(mid, spec.name) as claim:
+                    if claim.duplicate:
+                        with guarded():
+                            span.set_attribute("messaging.obskit.duplicate", True)
+                            tm.log.info("duplicate message skipped", **log_fields)
+                        await _settle(message.ack)
+                        return "duplicate"
+                    delivery.db = claim.connection
+                    await self.handler(delivery)
+            else:
+                await self.handler(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self._failed(message, channel, headers, mid, attempt, failed_before,
+                                      exc, span, log_fields)
+        # Ack only after the handler (and the idempotency commit) succeeded.
+        if not await _settle(message.ack):
+            return "requeue"
+        with guarded():
+            self._m_acked.inc()
+            tm.log.debug("message processed", **log_fields)
+        return "ack"
+
+    async def _failed(self, message: aio_pika.abc.AbstractIncomingMessage,
+                      channel: aio_pika.abc.AbstractChannel | None,
+                      headers: dict[str, Any], mid: str | None, attempt: int,
+                      failed_before: int, exc: Exception, span: trace.Span,
+                      log_fields: dict[str, Any]) -> str:
+        tm = self._tm
+        spec = self.spec
+        error_type = type(exc).__name__
+        permanent = _is_permanent(exc, self.permanent_errors)
+        in_flight = isinstance(exc, InFlightElsewhere)
+        failed = failed_before if in_flight else attempt
+        retry = not permanent and (in_flight or failed < spec.max_attempts)
+        now = utc_now_iso()
+        new = {k: v for k, v in headers.items() if k not in H.BROKER_OWNED}
+        new[H.ATTEMPT] = failed
+        new[H.ERROR_TYPE] = _qualname(exc)
+        new[H.ERROR_MESSAGE] = str(exc)[:_MAX_ERROR_MESSAGE]
+        new.setdefault(H.FIRST_FAILURE, now)
+        new[H.LAST_FAILURE] = now
+        new[H.SERVICE] = tm.service
+        new.setdefault(H.ORIGINAL_QUEUE, spec.name)
+        new.setdefault(H.ORIGINAL_EXCHANGE, message.exchange or "")
+        new.setdefault(H.ORIGINAL_ROUTING_KEY, message.routing_key or "")
+        with guarded():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {exc}"[:200]))
+            span.set_attribute(ATTR_ERROR_TYPE, error_type)
+        if retry:
+            target_ex, target_rk = "", spec.retry_queue_for(max(failed, 1))
+        else:
+            new[H.DEAD_LETTER_REASON] = "permanent" if permanent else "exhausted"
+            new[H.DEAD_LETTERED_AT] = now
+            new[H.ERROR_STACK] = "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_STACK:]
+            target_ex, target_rk = spec.dlx, spec.name
+        copy = aio_pika.Message(
+            message.body, headers=new, content_type=message.content_type,
+            content_encoding=message.content_encoding, message_id=mid,
+            correlation_id=message.correlation_id, type=message.type, app_id=message.app_id,
+            timestamp=message.timestamp, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        try:
+            if channel is None or channel.is_closed:
+                raise ConnectionError("the delivery's channel is closed")
+            ex = (channel.default_exchange if target_ex == ""
+                  else await channel.get_exchange(target_ex, ensure=False))
+            with suppressed():
+                await ex.publish(copy, target_rk, mandatory=True, timeout=10)
+        except (PublishError, aiormq.exceptions.DeliveryError) as pub_exc:
+            # The retry tier / DLX is missing or full: let the broker dead-letter the original
+            # (at-least-once DLX on quorum queues) rather than spin on it.
+            with guarded():
+                tm.log.error("cannot publish failed message, rejecting to the DLX",
+                             target=target_rk, error=repr(pub_exc), **log_fields)
+            await _settle(message.reject, requeue=False)
+            return "dead_letter"
+        except Exception as pub_exc:
+            # Connection trouble: the unacked original comes back after the reconnect.
+            with guarded():
+                tm.log.warning("cannot publish failed message, leaving it unacked",
+                               target=target_rk, error=repr(pub_exc), **log_fields)
+            return "requeue"
+        await _settle(message.ack)
+        with guarded():
+            m = tm.metrics
+            if retry:
+                m.msg_retried.labels(SYSTEM, spec.name, error_type).inc()
+                tm.log.warning("message failed, will retry", error_type=error_type,
+                               error=str(exc)[:200], retry_queue=target_rk, **log_fields)
+            else:
+                m.msg_dead_lettered.labels(SYSTEM, spec.name, error_type).inc()
+                tm.log.error("message dead-lettered", error_type=error_type,
+                             error=str(exc)[:200], reason=new[H.DEAD_LETTER_REASON],
+                             dlq=spec.dlq, **log_fields)
+                if self.record_dead_letter_stage and log_fields.get("order_id"):
+                    from obskit._orders import record_stage
+
+                    record_stage("dead_lettered", registry=self._registry,
+                                 queue=spec.name, error_type=error_type)
+        return "retry" if retry else "dead_letter"
+
+
+async def _settle(fn: Callable[..., Awaitable[Any]], **kwargs: Any) -> bool:
+    """ack/nack/reject; False when the channel is gone (the broker requeues the message)."""
+    try:
+        await fn(**kwargs)
+        return True
+    except aio_pika.exceptions.MessageProcessError:  # already settled
+        return True
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError, RuntimeError):
+        return False

@@ -1,0 +1,127 @@
+"""Bookkeeping shared by publisher and consumer: metrics, tracer, logger, never-crash wrappers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
+
+from obskit._internal import internal_error
+from obskit.metrics import Catalogue, catalogue
+
+SYSTEM = "rabbitmq"
+COMPONENT = "rabbitmq"
+
+# OTel messaging semantic conventions (v1.27+ names).
+ATTR_SYSTEM = "messaging.system"
+ATTR_DESTINATION = "messaging.destination.name"
+ATTR_SUBSCRIPTION = "messaging.destination.subscription.name"
+ATTR_OPERATION_TYPE = "messaging.operation.type"
+ATTR_OPERATION_NAME = "messaging.operation.name"
+ATTR_MESSAGE_ID = "messaging.message.id"
+ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
+ATTR_BODY_SIZE = "messaging.message.body.size"
+ATTR_ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
+ATTR_DELIVERY_TAG = "messaging.rabbitmq.message.delivery_tag"
+ATTR_DELIVERY_COUNT = "messaging.message.delivery_count"  # obskit: handler attempt, 1-based
+ATTR_SERVER_ADDRESS = "server.address"
+ATTR_SERVER_PORT = "server.port"
+ATTR_ERROR_TYPE = "error.type"
+
+
+def get_logger(name: str) -> Any:
+    try:
+        from obskit import get_logger as _get
+
+        return _get(name)
+    except Exception:  # the core may be mid-refactor; structlog is equivalent
+        import structlog
+
+        return structlog.get_logger(name)
+
+
+class Telemetry:
+    """Metric children, tracer and logger for one publisher/consumer. Every method is safe."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None,
+                 registry: CollectorRegistry | None) -> None:
+        self.metrics: Catalogue = catalogue(registry)
+        self.registry = registry
+        self.tracer = trace.get_tracer("obskit.rabbitmq", tracer_provider=tracer_provider)
+        self.log = get_logger("obskit.rabbitmq")
+        self.service = service_name(tracer_provider)
+
+    @staticmethod
+    def safe(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            _report(exc)
+            return None
+
+
+def _report(exc: BaseException) -> None:
+    try:
+        internal_error(COMPONENT, exc)
+    except Exception:
+        pass
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Swallow (and count) telemetry errors inside the block."""
+    try:
+        yield
+    except Exception as exc:
+        _report(exc)
+
+
+def service_name(tracer_provider: trace.TracerProvider | None = None) -> str:
+    """``service.name`` of the SDK tracer provider's resource (what ``obskit.init`` set)."""
+    provider = tracer_provider or trace.get_tracer_provider()
+    resource = getattr(provider, "resource", None)
+    name = resource.attributes.get("service.name") if resource is not None else None
+    return str(name) if name else "unknown_service"
+
+
+def utc_now_iso() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str]:
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body), content_type or "application/octet-stream"
+    if isinstance(body, str):
+        return body.encode(), content_type or "text/plain; charset=utf-8"
+    return (json.dumps(body, separators=(",", ":"), default=str).encode(),
+            content_type or "application/json")
+
+
+def header_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+@contextmanager
+def suppressed() -> Iterator[None]:
+    """Switch off generic aio-pika instrumentation (obskit.integrations.aio_pika) inside.
+
+    This layer records its own spans and metrics; without this a message would count twice.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
