@@ -86,3 +86,5 @@ def init_for_tests(service_name: str = "test", **options: Any) -> Iterator[Captu
     finally:
         obskit.shutdown()
         reset_global_tracer_provider()
+
+from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan  # noqa: E402, F401, I001
