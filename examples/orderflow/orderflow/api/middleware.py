@@ -1,0 +1,95 @@
+"""Request id and the orderflow access log: one line per request, whatever its outcome.
+
+The request id comes from ``X-Request-ID`` (if sane) or is generated; it is returned in the
+response, bound to every log line of the request and set on its span. Handlers add business
+fields (partner, channel, order id, outcome) to ``request.state.access``; the line is written
+after the response, so a partner's "my request never arrived" is one query:
+``logger="orderflow.access" partner="acme"`` (or their ``request_id``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+import obskit
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_log = obskit.get_logger("orderflow.access")
+
+
+def client_ip(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+    """The socket peer, or — behind a trusted proxy — the last untrusted X-Forwarded-For hop."""
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if peer not in trusted_proxies:
+        return str(peer)
+    for k, v in scope.get("headers", ()):
+        if k == b"x-forwarded-for":
+            hops = [h.strip() for h in v.decode("latin-1").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if hop not in trusted_proxies:
+                    return hop
+    return str(peer)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, trusted_proxies: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.trusted_proxies = trusted_proxies
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = None
+        for k, v in scope.get("headers", ()):
+            if k == b"x-request-id":
+                candidate = v.decode("latin-1")
+                rid = candidate if _VALID_ID.match(candidate) else None
+        rid = rid or uuid.uuid4().hex
+        ip = client_ip(scope, self.trusted_proxies)
+        access: dict[str, Any] = {}
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_ip"] = ip
+        state["access"] = access
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("http.request.id", rid)
+        status = 500
+        raw_rid = rid.encode("latin-1")
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_rid)]
+            await send(message)
+
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+            route = scope.get("route")
+            fields = {
+                "request_id": rid, "method": scope.get("method"), "path": scope.get("path"),
+                "route": getattr(route, "path", None), "status_code": status,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                "client_ip": ip, **access,
+            }
+            if not scope.get("path", "").startswith(("/metrics", "/healthz")):
+                level = _log.error if status >= 500 else _log.info
+                level("request", **fields)

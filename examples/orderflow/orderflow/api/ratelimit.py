@@ -1,0 +1,93 @@
+"""Rate limits shared by every ingress instance, stored in Redis by the ``limits`` library.
+
+Limits (``limits`` notation, several separated by ``;``):
+
+* shop (B2C): per client IP — ``ORDERFLOW_RATE_LIMIT_B2C``;
+* open API (B2B): per client IP — ``ORDERFLOW_RATE_LIMIT_B2B_IP`` (checked before the key, so
+  guessing keys is limited too) — then per API key: the key's own ``rate_limit`` or
+  ``ORDERFLOW_RATE_LIMIT_B2B``.
+
+Moving-window algorithm: no burst of 2× the limit at a window edge. If Redis is down requests
+are let through (counted in ``orderflow_rate_limit_errors_total``): losing orders is worse than
+briefly not limiting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+
+import obskit
+
+RATE_LIMITED = Counter("orderflow_rate_limited", "Requests refused with 429, by channel and "
+                       "by what was over its limit (ip, api_key).", ["channel", "scope"])
+RATE_LIMIT_ERRORS = Counter("orderflow_rate_limit_errors", "Rate-limit checks that failed "
+                            "(Redis unreachable); the request was let through.", ["channel"])
+_log = obskit.get_logger("orderflow.ratelimit")
+
+
+@lru_cache(maxsize=256)
+def parse(text: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(text))
+
+
+@dataclass
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    policy: str
+    scope: str
+
+    def headers(self) -> dict[str, str]:
+        h = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
+             "RateLimit-Reset": str(self.reset_seconds), "RateLimit-Policy": self.policy}
+        if not self.allowed:
+            h["Retry-After"] = str(max(1, self.reset_seconds))
+        return h
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        # implementation="redispy": the redis client obskit instruments (spans, latency).
+        self.storage = RedisStorage(redis_url.replace("redis://", "async+redis://", 1),
+                                    implementation="redispy", key_prefix=f"{prefix}:ratelimit",
+                                    wrap_exceptions=True)
+        self.strategy = MovingWindowRateLimiter(self.storage)
+
+    async def check(self, channel: str, scope: str, identity: str, limits_text: str
+                    ) -> Verdict | None:
+        """Consume one hit on every limit in ``limits_text``; the most restrictive decides.
+
+        ``None`` when the check could not be made (Redis down): let the request through.
+        """
+        items = parse(limits_text)
+        try:
+            worst: Verdict | None = None
+            for item in items:
+                allowed = await self.strategy.hit(item, channel, scope, identity)
+                stats = await self.strategy.get_window_stats(item, channel, scope, identity)
+                reset = max(0, math.ceil(stats.reset_time - time.time()))
+                v = Verdict(allowed, item.amount, stats.remaining, reset,
+                            f"{item.amount};w={item.get_expiry()}", scope)
+                if worst is None or (not v.allowed and worst.allowed) or (
+                        v.allowed == worst.allowed and v.remaining < worst.remaining):
+                    worst = v
+                if not allowed:
+                    break  # don't consume the longer windows for a refused request
+        except Exception as exc:
+            RATE_LIMIT_ERRORS.labels(channel).inc()
+            _log.warning("rate limit check failed, letting the request through",
+                         channel=channel, error=repr(exc))
+            return None
+        if worst is not None and not worst.allowed:
+            RATE_LIMITED.labels(channel, scope).inc()
+        return worst

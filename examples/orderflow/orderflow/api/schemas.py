@@ -1,0 +1,80 @@
+"""Request and response bodies of the public API (they are the OpenAPI docs too)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Material = Literal["PLA", "ABS", "PETG", "RESIN"]
+Quality = Literal["draft", "standard", "fine"]
+
+
+class Model3D(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["bracket-v2.stl"])
+    volume_cm3: float = Field(gt=0, le=1_000_000, description="Volume of one part in cm³.",
+                              allow_inf_nan=False)
+    material: Material
+    quality: Quality
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_email: str = Field(min_length=3, max_length=254, examples=["ada@example.com"])
+    model: Model3D
+    quantity: int = Field(ge=1, le=1000, strict=True)
+    reference: str | None = Field(default=None, max_length=100,
+                                  description="Optional: your own reference (PO number).")
+
+    @field_validator("customer_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        local, _, domain = v.partition("@")
+        if not local or "." not in domain or " " in v or domain.startswith("."):
+            raise ValueError("must be an email address like name@example.com")
+        return v
+
+
+class ShopOrderAccepted(BaseModel):
+    order_id: str
+    status_url: str
+    tracking_token: str
+    tracking_url: str = Field(description="A status page for the customer.")
+
+
+class PartnerOrderAccepted(BaseModel):
+    order_id: str
+    status_url: str
+
+
+class HistoryEntry(BaseModel):
+    status: str
+    at: datetime
+
+
+class OrderStatus(BaseModel):
+    order_id: str
+    channel: str
+    status: str
+    price: float | None
+    currency: str
+    print_minutes: float | None = None
+    failure_reason: str | None = None
+    reference: str | None = None
+    history: list[HistoryEntry]
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    request_id: str | None = None
+    errors: list[ErrorField] | None = None

@@ -1,0 +1,172 @@
+"""The ``orderflow`` command. ``orderflow --help`` lists the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from orderflow.config import Settings
+
+
+def _serve(service: str, body: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
+    """Run one long-lived service until SIGTERM/SIGINT, with obskit initialised."""
+    import obskit
+
+    obskit.init(service)
+    settings = Settings()
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await body(settings, stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from orderflow import migrations
+
+    settings = Settings()
+    applied = migrations.upgrade(settings.database_url)
+    version = migrations.current_version(settings.database_url)
+    print(f"database at version {version}" + (f" (applied {applied})" if applied else
+                                              " (up to date)"))
+    return 0
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    from orderflow import crm, db
+
+    async def create() -> str:
+        pool = await db.open_pool(Settings().database_url, max_size=1)
+        try:
+            return await crm.create_api_key(pool, args.partner, args.rate_limit)
+        finally:
+            await pool.close()
+
+    key = asyncio.run(create())
+    print(key)
+    print(f"API key for partner {args.partner!r}: send it as header X-API-Key. It is shown "
+          "once and stored only as a hash.", file=sys.stderr)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import obskit
+
+    obskit.init("ingress")
+    import uvicorn
+
+    from orderflow.api.app import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False,
+                log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from orderflow import relay
+
+    return _serve("crm-relay", relay.main)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orderflow import status
+
+    return _serve("crm-status", status.main)
+
+
+def cmd_mes(args: argparse.Namespace) -> int:
+    from orderflow import mes
+
+    return _serve("mes", lambda s, stop: mes.main(s, stop, concurrency=args.concurrency,
+                                                  worker_id=args.worker_id))
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    import obskit
+
+    obskit.init("orderflow-supervisor")
+    from orderflow import migrations, supervisor
+
+    migrations.upgrade(Settings().database_url)
+    return supervisor.run(port=args.port, host=args.host, mes_workers=args.mes_workers,
+                          mes_concurrency=args.concurrency)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orderflow import demo
+
+    summary = demo.run(duration=args.duration, rate=args.rate, port=args.port,
+                       quiet=args.json)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(demo.format_summary(summary))
+    return 0 if summary["unaccounted"] == 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orderflow", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dbp = sub.add_parser("db", help="database schema")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="create the database if missing and apply migrations"
+                     ).set_defaults(func=cmd_db_upgrade)
+
+    kp = sub.add_parser("apikey", help="partner API keys")
+    ksub = kp.add_subparsers(dest="apikey_command", required=True)
+    kc = ksub.add_parser("create", help="create a key for PARTNER and print it")
+    kc.add_argument("partner")
+    kc.add_argument("--rate-limit", default=None,
+                    help='this key\'s limit, e.g. "100/second;5000/hour" '
+                         "(default: ORDERFLOW_RATE_LIMIT_B2B)")
+    kc.set_defaults(func=cmd_apikey_create)
+
+    a = sub.add_parser("api", help="run the ingress (shop API, open API, order status)")
+    a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--host", default="127.0.0.1")
+    a.set_defaults(func=cmd_api)
+
+    sub.add_parser("relay", help="run the CRM outbox relay").set_defaults(func=cmd_relay)
+    sub.add_parser("status", help="run the CRM consumer of MES status events"
+                   ).set_defaults(func=cmd_status)
+
+    m = sub.add_parser("mes", help="run an MES worker (run as many as the load needs)")
+    m.add_argument("--concurrency", type=int, default=8,
+                   help="orders in progress at once per queue (default 8)")
+    m.add_argument("--worker-id", default=None, help="name in logs and history "
+                   "(default host:pid)")
+    m.set_defaults(func=cmd_mes)
+
+    al = sub.add_parser("all", help="run api, relay, status consumer and MES workers together")
+    al.add_argument("--port", type=int, default=8000)
+    al.add_argument("--host", default="127.0.0.1")
+    al.add_argument("--mes-workers", type=int, default=2)
+    al.add_argument("--concurrency", type=int, default=8, help="per MES worker")
+    al.set_defaults(func=cmd_all)
+
+    d = sub.add_parser("demo", help="run everything, send a mix of orders, print a summary")
+    d.add_argument("--duration", type=float, required=True, help="seconds of sending")
+    d.add_argument("--rate", type=float, default=10.0, help="orders per second (default 10)")
+    d.add_argument("--port", type=int, default=0, help="ingress port (default: a free one)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

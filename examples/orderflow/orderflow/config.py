@@ -1,0 +1,84 @@
+"""Settings from the environment: the only module that reads ``ORDERFLOW_*`` variables.
+
+Precedence: explicit argument (``Settings(...)``) > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+ENV_DATABASE_URL = "ORDERFLOW_DATABASE_URL"
+ENV_READ_DATABASE_URL = "ORDERFLOW_READ_DATABASE_URL"
+ENV_RABBITMQ_URL = "ORDERFLOW_RABBITMQ_URL"
+ENV_REDIS_URL = "ORDERFLOW_REDIS_URL"
+ENV_RATE_LIMIT_B2C = "ORDERFLOW_RATE_LIMIT_B2C"
+ENV_RATE_LIMIT_B2B = "ORDERFLOW_RATE_LIMIT_B2B"
+ENV_RATE_LIMIT_B2B_IP = "ORDERFLOW_RATE_LIMIT_B2B_IP"
+ENV_MES_STAGE_DELAY = "ORDERFLOW_MES_STAGE_DELAY"
+ENV_RETRY_DELAYS = "ORDERFLOW_RETRY_DELAYS"
+ENV_PUBLIC_URL = "ORDERFLOW_PUBLIC_URL"
+ENV_TRUSTED_PROXIES = "ORDERFLOW_TRUSTED_PROXIES"
+ENV_REDIS_PREFIX = "ORDERFLOW_REDIS_PREFIX"
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orderflow"
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every orderflow option. Field docs name the env var and the default."""
+
+    #: ``ORDERFLOW_DATABASE_URL``: the primary (all writes).
+    database_url: str = field(default_factory=lambda: _env(ENV_DATABASE_URL, DEFAULT_DATABASE_URL))
+    #: ``ORDERFLOW_READ_DATABASE_URL``: a read replica for status reads; falls back to primary.
+    read_database_url: str = ""
+    #: ``ORDERFLOW_RABBITMQ_URL`` (vhost in the path).
+    rabbitmq_url: str = field(default_factory=lambda: _env(ENV_RABBITMQ_URL, DEFAULT_RABBITMQ_URL))
+    #: ``ORDERFLOW_REDIS_URL``: rate-limit counters (shared by all ingress instances), events.
+    redis_url: str = field(default_factory=lambda: _env(ENV_REDIS_URL, DEFAULT_REDIS_URL))
+    #: ``ORDERFLOW_RATE_LIMIT_B2C``: per client IP on the shop API (``limits`` notation).
+    rate_limit_b2c: str = field(
+        default_factory=lambda: _env(ENV_RATE_LIMIT_B2C, "20/second;300/minute"))
+    #: ``ORDERFLOW_RATE_LIMIT_B2B``: per API key unless the key has its own (``apikey create
+    #: --rate-limit``).
+    rate_limit_b2b: str = field(
+        default_factory=lambda: _env(ENV_RATE_LIMIT_B2B, "50/second;2000/minute"))
+    #: ``ORDERFLOW_RATE_LIMIT_B2B_IP``: per client IP on the open API, keys or not (stops key
+    #: guessing and one client behind many keys).
+    rate_limit_b2b_ip: str = field(
+        default_factory=lambda: _env(ENV_RATE_LIMIT_B2B_IP, "200/second"))
+    #: ``ORDERFLOW_MES_STAGE_DELAY``: seconds each simulated production stage takes (tests: tiny).
+    mes_stage_delay: float = field(
+        default_factory=lambda: float(_env(ENV_MES_STAGE_DELAY, "0.2")))
+    #: ``ORDERFLOW_RETRY_DELAYS``: MES retry tiers in seconds, comma separated.
+    retry_delays: tuple[float, ...] = field(
+        default_factory=lambda: _floats(_env(ENV_RETRY_DELAYS, "1,10,60")))
+    #: ``ORDERFLOW_PUBLIC_URL``: base of ``status_url`` in responses; empty = relative URLs.
+    public_url: str = field(default_factory=lambda: _env(ENV_PUBLIC_URL, "").rstrip("/"))
+
+    #: ``ORDERFLOW_TRUSTED_PROXIES``: comma-separated proxy IPs whose ``X-Forwarded-For`` is
+    #: believed for the client IP (rate limits, logs). Default: none, the socket peer is the client.
+    trusted_proxies: frozenset[str] = field(default_factory=lambda: frozenset(
+        x.strip() for x in _env(ENV_TRUSTED_PROXIES, "").split(",") if x.strip()))
+    #: ``ORDERFLOW_REDIS_PREFIX``: prefix of every Redis key orderflow writes (rate limits, ...).
+    redis_prefix: str = field(default_factory=lambda: _env(ENV_REDIS_PREFIX, "orderflow"))
+
+    def __post_init__(self) -> None:
+        if not self.read_database_url:
+            object.__setattr__(self, "read_database_url",
+                               _env(ENV_READ_DATABASE_URL, self.database_url))
+
+
+def load() -> Settings:
+    return Settings()

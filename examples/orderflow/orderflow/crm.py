@@ -1,0 +1,210 @@
+"""The CRM's writes: an order and its outgoing message in one transaction; status history.
+
+Ingress, relay and status consumer all go through here, so "what is an order's status" has one
+definition: the highest-ranked status seen (``orderflow.statuses``), with its history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from obskit import order_context, propagation
+from orderflow import messaging
+from orderflow.statuses import RANK
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(order_id)
+
+
+@dataclass
+class NewOrder:
+    order_id: str
+    tracking_token: str
+    created: bool  # False: an Idempotency-Key replay of an existing order
+    accepted_at: datetime
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_order(pool: AsyncConnectionPool, *, channel: str, body: dict[str, Any],
+                       partner_id: int | None, idempotency_key: str | None,
+                       request_id: str | None, trace_id: str | None) -> NewOrder:
+    """Store the order, its ``accepted`` history row and its outbox message in one transaction.
+
+    Once this returns the order is durable: the relay will publish it even if this process dies.
+    """
+    order_id = str(uuid.uuid4())
+    token = secrets.token_urlsafe(16)
+    scope = None
+    if idempotency_key is not None:
+        scope = f"b2b:{partner_id}" if channel == "b2b" else "b2c"
+    rhash = request_hash(body)
+    now = datetime.now(UTC)
+    model = body["model"]
+    async with pool.connection() as conn, conn.transaction():
+        row = await (await conn.execute(
+            "INSERT INTO orders (order_id, channel, partner_id, customer_email, model, quantity,"
+            " reference, tracking_token, status, status_rank, idempotency_scope,"
+            " idempotency_key, request_hash, request_id, trace_id, created_at, updated_at)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,'accepted',0,%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING RETURNING order_id",
+            (order_id, channel, partner_id, body["customer_email"], Jsonb(model),
+             body["quantity"], body.get("reference"), token, scope, idempotency_key, rhash,
+             request_id, trace_id, now, now))).fetchone()
+        if row is None:  # replay: the first request with this key won
+            existing = await (await conn.execute(
+                "SELECT order_id, tracking_token, request_hash, created_at FROM orders"
+                " WHERE idempotency_scope = %s AND idempotency_key = %s",
+                (scope, idempotency_key))).fetchone()
+            assert existing is not None
+            if existing["request_hash"] != rhash:
+                raise IdempotencyConflict(str(existing["order_id"]))
+            return NewOrder(str(existing["order_id"]), existing["tracking_token"], False,
+                            existing["created_at"])
+        await conn.execute(
+            "INSERT INTO order_status_history (order_id, status, at) VALUES (%s,'accepted',%s)",
+            (order_id, now))
+        message = {"order_id": order_id, "channel": channel, "model": model,
+                   "quantity": body["quantity"], "accepted_at": now.timestamp()}
+        with order_context(order_id, channel):
+            # The request's trace context and order baggage travel with the outbox row, so the
+            # relay's publish (and the MES) continue the HTTP request's trace.
+            headers = dict(propagation.inject({}))
+        await conn.execute(
+            "INSERT INTO outbox (order_id, exchange, routing_key, message_id, payload, headers)"
+            " VALUES (%s,%s,%s,%s,%s,%s)",
+            (order_id, messaging.ORDERS_EXCHANGE, channel, f"order:{order_id}", Jsonb(message),
+             Jsonb(headers)))
+    return NewOrder(order_id, token, True, now)
+
+
+@dataclass
+class StatusEvent:
+    order_id: str
+    status: str
+    at: datetime
+    worker: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent]
+                          ) -> list[dict[str, Any]]:
+    """Append history rows and move ``orders.status`` forward, inside the caller's transaction.
+
+    A (order, status) seen again increments ``duplicates`` instead of adding a row: redeliveries
+    are visible but harmless. Returns the status changes that were new, for ``events``.
+    """
+    if not events:
+        return []
+    merged: dict[tuple[str, str], tuple[StatusEvent, int]] = {}
+    for e in events:
+        key = (e.order_id, e.status)
+        first, dups = merged.get(key, (e, -1))
+        merged[key] = (first, dups + 1)
+    keys = sorted(merged)  # one lock order for every writer: no deadlocks
+    rows = await (await conn.execute(
+        "INSERT INTO order_status_history (order_id, status, at, worker, detail, duplicates)"
+        " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::text[],"
+        " %s::jsonb[], %s::int[])"
+        " ON CONFLICT (order_id, status) DO UPDATE"
+        " SET duplicates = order_status_history.duplicates + excluded.duplicates + 1"
+        " RETURNING order_id::text, status, (xmax = 0) AS inserted",
+        ([k[0] for k in keys], [k[1] for k in keys], [merged[k][0].at for k in keys],
+         [merged[k][0].worker for k in keys],
+         [Jsonb(merged[k][0].detail) if merged[k][0].detail else None for k in keys],
+         [merged[k][1] for k in keys]))).fetchall()
+    inserted = {(r["order_id"], r["status"]) for r in rows if r["inserted"]}
+
+    per_order: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (oid, status) in keys:
+        ev = merged[(oid, status)][0]
+        agg = per_order[oid]
+        if RANK.get(status, -1) > agg.get("rank", -1):
+            agg["rank"], agg["status"] = RANK.get(status, -1), status
+        d = ev.detail or {}
+        if "price" in d:
+            agg["price"], agg["print_minutes"] = d["price"], d.get("print_minutes")
+        if "reason" in d:
+            agg["reason"] = d["reason"]
+    oids = sorted(per_order)
+    await conn.execute(
+        "UPDATE orders o SET"
+        " status = CASE WHEN o.status_rank < v.rank THEN v.status ELSE o.status END,"
+        " status_rank = GREATEST(o.status_rank, v.rank),"
+        " price = COALESCE(v.price, o.price),"
+        " print_minutes = COALESCE(v.print_minutes, o.print_minutes),"
+        " failure_reason = COALESCE(v.reason, o.failure_reason), updated_at = now()"
+        " FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::numeric[], %s::numeric[],"
+        " %s::text[]) AS v(order_id, status, rank, price, print_minutes, reason)"
+        " WHERE o.order_id = v.order_id",
+        (oids, [per_order[o]["status"] for o in oids], [per_order[o]["rank"] for o in oids],
+         [per_order[o].get("price") for o in oids],
+         [per_order[o].get("print_minutes") for o in oids],
+         [per_order[o].get("reason") for o in oids]))
+    return [{"order_id": k[0], "status": k[1], "at": merged[k][0].at.isoformat()}
+            for k in keys if k in inserted]
+
+
+async def get_order(pool: AsyncConnectionPool, order_id: str) -> dict[str, Any] | None:
+    try:
+        uuid.UUID(order_id)
+    except ValueError:
+        return None
+    async with pool.connection() as conn:
+        order = await (await conn.execute(
+            "SELECT order_id::text, channel, partner_id, tracking_token, status, price, currency,"
+            " print_minutes, failure_reason, quantity, model, reference, created_at, updated_at"
+            " FROM orders WHERE order_id = %s", (order_id,))).fetchone()
+        if order is None:
+            return None
+        history = await (await conn.execute(
+            "SELECT status, at FROM order_status_history WHERE order_id = %s ORDER BY at, id",
+            (order_id,))).fetchall()
+    # Statuses only move forward; clocks of different processes may not (the MES can stamp
+    # "received" a hair before the relay got the broker's confirm for "published").
+    history.sort(key=lambda h: (RANK.get(h["status"], 50), h["at"]))
+    order["history"] = history
+    return order
+
+
+# --- API keys -----------------------------------------------------------------------------------
+KEY_PREFIX = "ofk_"
+
+
+async def create_api_key(pool: AsyncConnectionPool, partner: str,
+                         rate_limit: str | None = None) -> str:
+    key = KEY_PREFIX + secrets.token_urlsafe(24)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO api_keys (partner, key_prefix, key_hash, rate_limit)"
+            " VALUES (%s, %s, %s, %s)", (partner, key[:10], hash_key(key), rate_limit))
+    return key
+
+
+async def lookup_api_key(pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
+    async with pool.connection() as conn:
+        return await (await conn.execute(
+            "SELECT id, partner, key_prefix, rate_limit FROM api_keys"
+            " WHERE key_hash = %s AND revoked_at IS NULL", (hash_key(key),))).fetchone()

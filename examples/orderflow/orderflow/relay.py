@@ -1,0 +1,144 @@
+"""The CRM outbox relay: publish committed orders to RabbitMQ, so none is lost in between.
+
+Loop: claim a batch of outbox rows (``FOR UPDATE SKIP LOCKED``: any number of relays share the
+work without double-sending), publish each with a broker confirm, delete the confirmed rows and
+record ``published`` in the same transaction. When the outbox is empty, sleep on PostgreSQL
+``LISTEN orderflow_outbox`` — the insert trigger NOTIFYs at commit — with a long timeout as a
+safety net, so there is no busy polling and no added latency.
+
+A crash after the broker confirmed and before the commit publishes the row again with the same
+message id; the MES deduplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from prometheus_client import Gauge
+from psycopg_pool import AsyncConnectionPool
+
+import obskit
+from obskit import propagation
+from orderflow import crm, db, events, messaging
+from orderflow.config import Settings
+from orderflow.migrations import OUTBOX_CHANNEL
+
+BATCH = 200
+SAFETY_NET_SECONDS = 5.0
+_log = obskit.get_logger("orderflow.relay")
+OUTBOX_PENDING = Gauge("orderflow_outbox_pending", "Outbox rows not yet published (sampled by "
+                       "the relay); growing = the broker is unreachable.", multiprocess_mode="max")
+
+
+class Relay:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool,
+                 publisher: messaging.Publisher) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.publisher = publisher
+        self.published = 0
+
+    async def _publish(self, row: dict[str, Any]) -> bool:
+        payload = row["payload"]
+        # Continue the HTTP request's trace: its context was stored with the row.
+        with propagation.attached(row["headers"] or {}), \
+                obskit.order_context(str(row["order_id"]), row["routing_key"]):
+            try:
+                await self.publisher.publish(row["exchange"], row["routing_key"], payload,
+                                             message_id=row["message_id"])
+            except Exception as exc:
+                _log.error("outbox publish failed; will retry", error=repr(exc),
+                           attempts=row["attempts"] + 1)
+                row["error"] = repr(exc)[:500]
+                return False
+            row["confirmed_at"] = datetime.now(UTC)
+            obskit.record_stage("published", accepted_at=payload.get("accepted_at"))
+            return True
+
+    async def drain_once(self) -> tuple[int, int]:
+        """Publish one batch; returns ``(claimed, published)``."""
+        async with self.pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(
+                "SELECT id, order_id, exchange, routing_key, message_id, payload, headers,"
+                " attempts FROM outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (BATCH,))).fetchall()
+            if not rows:
+                return 0, 0
+            results = await asyncio.gather(*(self._publish(r) for r in rows))
+            ok = [r for r, good in zip(rows, results, strict=True) if good]
+            bad = [r for r, good in zip(rows, results, strict=True) if not good]
+            if ok:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)",
+                                   ([r["id"] for r in ok],))
+                changes = await crm.record_statuses(conn, [
+                    crm.StatusEvent(str(r["order_id"]), "published", r["confirmed_at"])
+                    for r in ok])
+            for r in bad:
+                await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = %s"
+                                   " WHERE id = %s", (r.get("error"), r["id"]))
+        if ok:
+            self.published += len(ok)
+            channel_of = {str(r["order_id"]): r["routing_key"] for r in ok}
+            await events.status_changed([{**c, "channel": channel_of.get(c["order_id"])}
+                                         for c in changes])
+        return len(rows), len(ok)
+
+    async def pending(self) -> int:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT count(*) AS n FROM outbox")).fetchone()
+            return int(row["n"]) if row else 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await psycopg.AsyncConnection.connect(self.settings.database_url,
+                                                         autocommit=True)
+        await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        _log.info("relay started", listen=OUTBOX_CHANNEL)
+        backoff = 0.0
+        last_gauge = 0.0
+        try:
+            while not stop.is_set():
+                claimed, published = await self.drain_once()
+                if time.monotonic() - last_gauge > 5:
+                    OUTBOX_PENDING.set(await self.pending())
+                    last_gauge = time.monotonic()
+                if claimed and published == claimed:
+                    backoff = 0.0
+                    if claimed == BATCH:
+                        continue  # more waiting: don't sleep
+                elif claimed:  # the broker is refusing: back off instead of spinning
+                    backoff = min(max(backoff * 2, 0.5), 10.0)
+                    await _sleep_or_stop(stop, backoff)
+                    continue
+                # Empty: sleep until a commit NOTIFYs us (or the safety net / stop).
+                gen = listener.notifies(timeout=SAFETY_NET_SECONDS, stop_after=1)
+                async for _ in gen:
+                    pass
+        finally:
+            await listener.close()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    await messaging.declare_topology(settings)
+    pool = await db.open_pool(settings.database_url, max_size=4, name="relay")
+    publisher = messaging.publisher(settings)
+    await publisher.connect()
+    events.load_plugins()
+    poller = messaging.depth_poller(settings)  # one poller per group: the relay hosts it
+    poller.start()
+    try:
+        await Relay(settings, pool, publisher).run(stop)
+    finally:
+        await poller.stop()
+        await publisher.close()
+        await pool.close()
