@@ -1,5 +1,6 @@
 # The two commands a newcomer needs (see README.md):
 #   make demo   - run the reference system (orderflow) against the local services and print a summary
+#   make quickstart - a ten-line instrumented FastAPI service, its logs, spans and metrics
 #   make test   - install everything and run the whole test suite against the local services
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,13 +21,16 @@ setup: $(SETUP_STAMP)
 services:
 	scripts/services.sh
 
+# Two suites with their own pytest settings; each fails on "no tests ran" (exit code 5).
 test: setup services
 	$(VENV)/bin/pytest
+	cd examples/orderflow && ../../$(VENV)/bin/pytest
 
 quickstart: setup
 	$(PY) examples/quickstart/app.py
 
-demo: quickstart
+demo: setup services
+	$(VENV)/bin/orderflow demo --duration 20
 
 lint: setup
 	$(VENV)/bin/ruff check obskit tests

@@ -110,6 +110,8 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
                              settings.metrics_addr, settings.metrics_port, exc)
         _handle = handle
         handle.integrations = instrument_all(handle, settings.disabled_instrumentations)
+        _logging.quiet_uvicorn_access(
+            bool({"fastapi", "starlette"} & set(handle.active_integrations())))
         _register_process_hooks()
 
         where = ("otlp " + settings.otlp_endpoint if settings.otlp_endpoint
@@ -129,6 +131,7 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
         return
     uninstrument_all()
     set_active(None)
+    _logging.quiet_uvicorn_access(False)
     for p in (handle.tracer_provider, handle.logger_provider):
         if p is None:
             continue

@@ -158,11 +158,8 @@ def configure(settings: Settings, logger_provider: Any | None, stream: TextIO | 
         handler.set_name("obskit")
         if _stdlib_handler is not None:
             root.removeHandler(_stdlib_handler)
-        # Library loggers that configured their own handlers (uvicorn) would print twice.
-        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-            lib = logging.getLogger(name)
-            lib.handlers.clear()
-            lib.propagate = True
+        _adopt_uvicorn_loggers()
+        _hook_uvicorn_logging_config()
         for h in list(root.handlers):
             if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (
                 sys.stdout, sys.stderr
@@ -199,6 +196,56 @@ class _RateLimit(logging.Filter):
             self._last.clear()
         self._last[key] = now
         return True
+
+
+# When obskit's ASGI middleware writes the access log (one `obskit.access` line per request),
+# uvicorn's own access line is switched off rather than printed twice.
+_quiet_uvicorn_access = False
+
+
+def quiet_uvicorn_access(quiet: bool = True) -> None:
+    global _quiet_uvicorn_access
+    _quiet_uvicorn_access = quiet
+    _adopt_uvicorn_loggers()
+
+
+def _adopt_uvicorn_loggers() -> None:
+    """Route uvicorn's loggers through our pipeline instead of its own handlers.
+
+    uvicorn checks ``access_logger.hasHandlers()`` before formatting an access line, so a
+    handler-less, non-propagating ``uvicorn.access`` also saves that work.
+    """
+    if _stdlib_handler is None:
+        return
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = not (name == "uvicorn.access" and _quiet_uvicorn_access)
+
+
+_uvicorn_hooked = False
+
+
+def _hook_uvicorn_logging_config() -> None:
+    """``uvicorn.run(app)`` after ``init()`` re-applies uvicorn's dictConfig: adopt again after."""
+    global _uvicorn_hooked
+    if _uvicorn_hooked:
+        return
+    _uvicorn_hooked = True
+    import wrapt
+
+    def after(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        result = wrapped(*args, **kwargs)
+        try:
+            _adopt_uvicorn_loggers()
+        except Exception:  # noqa: S110 - never break server start-up over logging
+            pass
+        return result
+
+    def hook(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "Config.configure_logging", after)
+
+    wrapt.register_post_import_hook(hook, "uvicorn.config")
 
 
 def _remove_otel_handlers(root: logging.Logger) -> None:

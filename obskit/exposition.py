@@ -91,11 +91,25 @@ def scrape_registry(registry: CollectorRegistry | None = None) -> CollectorRegis
     return REGISTRY if registry is None else registry
 
 
+class _MetricsASGI:
+    """An ASGI app *object* (not a function), so Starlette's ``app.add_route("/metrics", ...)``
+    serves it as-is at exactly ``/metrics`` — ``app.mount`` would redirect to ``/metrics/``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._inner(scope, receive, send)
+
+
 def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Any:
-    """ASGI app serving the metrics (OpenMetrics with exemplars when the scraper asks for it)."""
+    """ASGI app serving the metrics (OpenMetrics with exemplars when the scraper asks for it).
+
+    FastAPI / Starlette: ``app.add_route("/metrics", obskit.metrics_asgi_app())``.
+    """
     from prometheus_client import make_asgi_app
 
-    return make_asgi_app(scrape_registry(registry))
+    return _MetricsASGI(make_asgi_app(scrape_registry(registry)))
 
 
 def metrics_wsgi_app(registry: CollectorRegistry | None = None) -> Any:

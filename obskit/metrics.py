@@ -187,7 +187,9 @@ class Catalogue:
             "error type.", ["system", "queue", "error_type"])
         self.msg_process_duration = self.histogram(
             "messaging_process_duration_seconds",
-            "Consumer handler duration by queue and outcome (ack, retry, dead_letter).",
+            "Consumer handler duration by queue and outcome: ack, retry, dead_letter, duplicate "
+            "(idempotent skip), requeue (channel lost before the ack); raw pika/aio-pika "
+            "deliveries also reject, error, auto_ack, unsettled.",
             ["system", "queue", "outcome"])
         self.queue_messages = self.gauge(
             "messaging_queue_messages", "Messages ready in a queue, polled from the broker "

@@ -27,7 +27,7 @@ from fastapi import FastAPI, HTTPException  # noqa: E402  (init() first: it inst
 
 log = obskit.get_logger("quickstart")
 app = FastAPI()
-app.mount("/metrics", obskit.metrics_asgi_app())
+app.add_route("/metrics", obskit.metrics_asgi_app())
 ORDERS: dict[str, dict] = {}
 
 
@@ -74,7 +74,7 @@ def main() -> int:
         client.post("/orders/ord-1001", json={"volume_cm3": 42})
         client.post("/orders/ord-1002", json={"volume_cm3": -1})
         client.get("/orders/ord-1001")
-        metrics = client.get("/metrics/").text
+        metrics = client.get("/metrics").text
     server.should_exit = True
     obskit.get_handle().force_flush()  # type: ignore[union-attr]
 

@@ -26,8 +26,16 @@ from prometheus_client import CollectorRegistry
 
 import obskit
 from obskit._tracing import build_resource, build_sampler
+from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan
 
-__all__ = ["Captured", "init_for_tests", "reset_global_tracer_provider"]
+__all__ = [
+    "Captured",
+    "OtlpReceiver",
+    "ReceivedLog",
+    "ReceivedSpan",
+    "init_for_tests",
+    "reset_global_tracer_provider",
+]
 
 
 def reset_global_tracer_provider() -> None:
@@ -87,4 +95,3 @@ def init_for_tests(service_name: str = "test", **options: Any) -> Iterator[Captu
         obskit.shutdown()
         reset_global_tracer_provider()
 
-from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan  # noqa: E402, F401, I001
