@@ -13,12 +13,13 @@ PYTHON ?= python3
 $(SETUP_STAMP): pyproject.toml $(wildcard examples/orderflow/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]' $(if $(wildcard examples/orderflow/pyproject.toml),-e examples/orderflow)
+	$(PIP) install -q -e '.[test]' $(if $(wildcard examples/orderflow/pyproject.toml),-e 'examples/orderflow[test]')
 	touch $@
 
 setup: $(SETUP_STAMP)
 
 services:
+	scripts/system-deps.sh
 	scripts/services.sh
 
 # Two suites with their own pytest settings; each fails on "no tests ran" (exit code 5).

@@ -1,0 +1,416 @@
+"""End-to-end benchmark of orderflow: MES worker scaling and the cached dashboard.
+
+    .venv/bin/python examples/orderflow/benchmarks/bench_e2e.py            # full run, ~3 min
+    .venv/bin/python examples/orderflow/benchmarks/bench_e2e.py --json     # one JSON object
+
+It runs the real processes (``orderflow api``, ``relay``, ``status``, ``mes``) against the local
+PostgreSQL, RabbitMQ and Redis, on a database, vhost and key prefix of its own
+(``orderflow_bench``, ``orderflow-bench``) that it recreates each run, and prints:
+
+1. **MES scaling**: a burst of ``--orders`` orders through the ingress with 1, 2 and 4 MES
+   workers; end-to-end orders/s (first accept → last done), accept → done latency p50/p95/p99 and
+   the ratio to one worker. MES stages are simulated I/O (``ORDERFLOW_MES_STAGE_DELAY``), so the
+   workers are I/O-bound as a real MES waiting on slicers and printers is.
+2. **Dashboard**: with ``--seed`` synthetic orders bulk-loaded by COPY and orders flowing at
+   ``--rate``/s through 2 workers, ``--readers`` concurrent readers hit each endpoint of a cached
+   ingress and of an uncached one (``ORDERFLOW_DASHBOARD_CACHE=0``): p50/p95 per endpoint, the
+   hit ratio and uncached/cached.
+
+Not a test: nothing asserts, the figures go to docs/performance-orderflow.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from orderflow.migrations import upgrade
+
+DSN = "postgresql://postgres@127.0.0.1:5432/orderflow_bench"
+VHOST = "orderflow-bench"
+AMQP = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+MGMT = "http://127.0.0.1:15672"
+REDIS_PREFIX = "orderflow-bench"
+TERMINAL = ("done", "failed", "dead_lettered")
+SEED_STATUSES = (["done"] * 90 + ["failed"] * 3 + ["accepted", "published", "received", "priced",
+                                                   "scheduled", "printing"] * 1 + ["printing"])
+ENDPOINTS = {
+    "summary": "/api/v1/dashboard/summary",
+    "orders?status=done": "/api/v1/dashboard/orders?status=done&limit=50",
+    "orders?status=printing": "/api/v1/dashboard/orders?status=printing&limit=50",
+    "orders (newest)": "/api/v1/dashboard/orders?limit=50",
+}
+
+
+# --- environment ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reset_database() -> None:
+    admin = make_conninfo(DSN, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier("orderflow_bench")))
+    upgrade(DSN)
+
+
+def reset_vhost() -> None:
+    auth = ("guest", "guest")
+    with httpx.Client(base_url=MGMT, auth=auth, timeout=10) as c:
+        c.delete(f"/api/vhosts/{VHOST}")
+        c.put(f"/api/vhosts/{VHOST}").raise_for_status()
+        c.put(f"/api/permissions/{VHOST}/guest",
+              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+
+
+def seed(n: int) -> float:
+    """COPY ``n`` synthetic orders (created over the last 30 days) and one history row each."""
+    started = time.perf_counter()
+    rng = random.Random(42)
+    now = datetime.now(UTC)
+    models = [json.dumps({"name": f"part-{i}.stl", "volume_cm3": 5 + i, "material": m,
+                          "quality": q})
+              for i, (m, q) in enumerate((m, q) for m in ("PLA", "ABS", "PETG", "RESIN")
+                                         for q in ("draft", "standard", "fine"))]
+    orders, history = io.StringIO(), io.StringIO()
+    for _ in range(n):
+        oid = uuid.uuid4()
+        status = rng.choice(SEED_STATUSES)
+        created = now - timedelta(days=30) + timedelta(seconds=rng.uniform(0, 29 * 86400))
+        updated = created + timedelta(minutes=rng.uniform(1, 120))
+        price = f"{rng.uniform(2, 400):.2f}"
+        model = models[rng.randrange(len(models))].replace("\\", "\\\\")
+        orders.write(f"{oid}\tb2c\tseed@example.com\t{model}\t{rng.randint(1, 20)}\ttok\t"
+                     f"{status}\t{price}\t{created.isoformat()}\t{updated.isoformat()}\n")
+        history.write(f"{oid}\t{status}\t{updated.isoformat()}\n")
+    with psycopg.connect(DSN) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (order_id, channel, customer_email, model, quantity, "
+                      "tracking_token, status, price, created_at, updated_at) FROM STDIN") as cp:
+            cp.write(orders.getvalue())
+        with cur.copy("COPY order_status_history (order_id, status, at) FROM STDIN") as cp:
+            cp.write(history.getvalue())
+        conn.commit()
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE orders")
+        conn.execute("VACUUM ANALYZE order_status_history")
+    return time.perf_counter() - started
+
+
+class Fleet:
+    """The orderflow processes of one run; logs go to files in ``logdir``."""
+
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env, self.logdir = env, logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str, **env: str) -> None:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115  # closed with the process
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "orderflow.cli", *args], env={**self.env, **env},
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, *names: str) -> None:
+        self._terminate([self.procs.pop(name) for name in names])
+
+    def stop_all(self) -> None:
+        procs = list(self.procs.values())
+        self.procs.clear()
+        self._terminate(procs)
+
+    @staticmethod
+    def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.logdir / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
+
+
+async def wait_http(url: str, fleet: Fleet, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as c:
+        while time.monotonic() < deadline:
+            fleet.check()
+            with contextlib.suppress(httpx.HTTPError):
+                if (await c.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def wait_consumers(n: int, timeout: float = 30) -> None:
+    """Until ``n`` MES consumers are attached to ``orders.b2c`` (each worker has one)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=MGMT, auth=("guest", "guest"), timeout=5) as c:
+        while time.monotonic() < deadline:
+            r = await c.get(f"/api/queues/{VHOST}/orders.b2c")
+            if r.status_code == 200 and r.json().get("consumers", 0) >= n:
+                return
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{n} MES workers did not attach to orders.b2c")
+
+
+# --- load -------------------------------------------------------------------------------------
+BODY = {"customer_email": "bench@example.com", "quantity": 2,
+        "model": {"name": "bench.stl", "volume_cm3": 12.0, "material": "PLA",
+                  "quality": "standard"}}
+
+
+async def post_orders(client: httpx.AsyncClient, n: int, parallel: int = 16) -> list[str]:
+    ids: list[str] = []
+    sem = asyncio.Semaphore(parallel)
+
+    async def one() -> None:
+        async with sem:
+            r = await client.post("/api/v1/shop/orders", json=BODY)
+            r.raise_for_status()
+            ids.append(r.json()["order_id"])
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return ids
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+async def wait_terminal(ids: list[str], fleet: Fleet, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+        while True:
+            fleet.check()
+            row = await (await conn.execute(
+                "SELECT count(*) FROM orders WHERE order_id = ANY(%s::uuid[]) AND status = "
+                "ANY(%s)", (ids, list(TERMINAL)))).fetchone()
+            if row and row[0] >= len(ids):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {row[0] if row else 0}/{len(ids)} orders finished")
+            await asyncio.sleep(0.5)
+        rows = await (await conn.execute(
+            "SELECT o.created_at, h.at FROM orders o JOIN order_status_history h "
+            "USING (order_id) WHERE o.order_id = ANY(%s::uuid[]) AND h.status = 'done'",
+            (ids,))).fetchall()
+    lat = [(at - created).total_seconds() * 1000 for created, at in rows]
+    span = (max(at for _, at in rows) - min(c for c, _ in rows)).total_seconds()
+    return {"orders": len(ids), "done": len(rows), "seconds": round(span, 2),
+            "orders_per_s": round(len(rows) / span, 2),
+            "latency_ms": {f"p{p}": round(pct(lat, p)) for p in (50, 95, 99)}}
+
+
+async def scaling(fleet: Fleet, api: str, workers: list[int], n: int, concurrency: int,
+                  say: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        for k in workers:
+            names = [f"mes{k}-{i}" for i in range(k)]
+            for name in names:
+                fleet.start(name, "mes", "--concurrency", str(concurrency), "--worker-id", name)
+            await wait_consumers(k)
+            ids = await post_orders(client, n)
+            res = await wait_terminal(ids, fleet, timeout=max(120, 3 * n))
+            results[str(k)] = res
+            say(f"  {k} MES worker(s): {res['orders_per_s']:7.2f} orders/s, accept->done "
+                f"p50 {res['latency_ms']['p50']} ms, p95 {res['latency_ms']['p95']} ms, "
+                f"p99 {res['latency_ms']['p99']} ms")
+            fleet.stop(*names)
+            await asyncio.sleep(1.0)  # let the broker see the consumers go
+    base = results[str(workers[0])]["orders_per_s"]
+    for k in workers:
+        results[str(k)]["scaling"] = round(results[str(k)]["orders_per_s"] / base, 2)
+    return results
+
+
+async def readers(base: str, n_readers: int, seconds: float) -> dict[str, Any]:
+    lat: dict[str, list[float]] = {k: [] for k in ENDPOINTS}
+    hits: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+    stop_at = time.monotonic() + seconds
+
+    async def reader(i: int) -> None:
+        names = list(ENDPOINTS)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            j = i
+            while time.monotonic() < stop_at:
+                name = names[j % len(names)]
+                j += 1
+                t0 = time.perf_counter()
+                r = await c.get(ENDPOINTS[name])
+                lat[name].append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+                hits[name] += r.headers.get("x-cache") == "hit"
+
+    await asyncio.gather(*(reader(i) for i in range(n_readers)))
+    return {name: {"requests": len(v), "p50_ms": round(statistics.median(v), 2),
+                   "p95_ms": round(pct(v, 95), 2),
+                   "hit_ratio": round(hits[name] / max(1, len(v)), 3)}
+            for name, v in lat.items()}
+
+
+async def dashboard(fleet: Fleet, api: str, api_nocache: str, rate: float, n_readers: int,
+                    seconds: float, concurrency: int, say: Any) -> dict[str, Any]:
+    # Service time first: one sequential reader, nothing else running.
+    quiet: dict[str, Any] = {}
+    for label, base in (("cached", api), ("uncached", api_nocache)):
+        async with httpx.AsyncClient(base_url=base) as c:
+            for path in ENDPOINTS.values():
+                await c.get(path)
+        quiet[label] = await readers(base, 1, seconds / 2)
+    say("  one sequential reader, no orders flowing (p50 ms cached / uncached):")
+    for name in ENDPOINTS:
+        c_, u_ = quiet["cached"][name]["p50_ms"], quiet["uncached"][name]["p50_ms"]
+        say(f"    {name:24} {c_:7.2f} / {u_:7.2f}  = {u_ / c_:5.1f}x")
+    for i in range(2):
+        fleet.start(f"mesd-{i}", "mes", "--concurrency", str(concurrency))
+    await wait_consumers(2)
+    stop = asyncio.Event()
+    sent = 0
+
+    async def flow() -> None:  # orders keep arriving while the readers read
+        nonlocal sent
+        async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+            next_at = time.monotonic()
+            while not stop.is_set():
+                await c.post("/api/v1/shop/orders", json=BODY)
+                sent += 1
+                next_at += 1 / rate
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    flower = asyncio.create_task(flow())
+    try:
+        await asyncio.sleep(2)  # orders in every stage before measuring
+        out: dict[str, Any] = {}
+        for label, base in (("cached", api), ("uncached", api_nocache)):
+            async with httpx.AsyncClient(base_url=base) as c:  # warm up the pools
+                for path in ENDPOINTS.values():
+                    await c.get(path)
+            out[label] = await readers(base, n_readers, seconds)
+    finally:
+        stop.set()
+        await flower
+    out["orders_sent_during_reads"] = sent
+    out["quiet_one_reader"] = quiet
+    out["speedup"] = {name: {"p50": round(out["uncached"][name]["p50_ms"]
+                                          / out["cached"][name]["p50_ms"], 1),
+                             "p95": round(out["uncached"][name]["p95_ms"]
+                                          / out["cached"][name]["p95_ms"], 1)}
+                      for name in ENDPOINTS}
+    say(f"  {n_readers} concurrent readers while orders flow:")
+    say(f"  {'endpoint':24} {'cached p50/p95 ms':>20} {'hit':>6} {'uncached p50/p95 ms':>22}"
+        f" {'x p50':>7} {'x p95':>7}")
+    for name in ENDPOINTS:
+        c, u, x = out["cached"][name], out["uncached"][name], out["speedup"][name]
+        say(f"  {name:24} {c['p50_ms']:>9.2f} / {c['p95_ms']:<8.2f} {c['hit_ratio']:>6.0%} "
+            f"{u['p50_ms']:>10.2f} / {u['p95_ms']:<9.2f} {x['p50']:>7} {x['p95']:>7}")
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
+    say("orderflow end-to-end benchmark")
+    reset_database()
+    reset_vhost()
+    seconds = seed(args.seed)
+    say(f"  seeded {args.seed:,} orders by COPY in {seconds:.1f} s (db orderflow_bench)")
+    logdir = Path(tempfile.mkdtemp(prefix="orderflow-bench-"))
+    env = {**os.environ, "ORDERFLOW_DATABASE_URL": DSN, "ORDERFLOW_READ_DATABASE_URL": DSN,
+           "ORDERFLOW_RABBITMQ_URL": AMQP, "ORDERFLOW_REDIS_PREFIX": REDIS_PREFIX,
+           "ORDERFLOW_RATE_LIMIT_B2C": "100000/second",
+           "ORDERFLOW_MES_STAGE_DELAY": str(args.stage_delay),
+           "OBSKIT_LOG_LEVEL": args.log_level}
+    fleet = Fleet(env, logdir)
+    port, port_nc = free_port(), free_port()
+    api, api_nc = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port_nc}"
+    result: dict[str, Any] = {
+        "config": {"seed_orders": args.seed, "burst_orders": args.orders,
+                   "mes_concurrency": args.concurrency, "stage_delay_s": args.stage_delay,
+                   "flow_rate": args.rate, "readers": args.readers,
+                   "read_seconds": args.read_seconds, "cpus": os.cpu_count(),
+                   "log_level": args.log_level, "logs": str(logdir)}}
+    try:
+        fleet.start("api", "api", "--port", str(port))
+        fleet.start("api-nocache", "api", "--port", str(port_nc),
+                    ORDERFLOW_DASHBOARD_CACHE="0")
+        fleet.start("relay", "relay")
+        fleet.start("status", "status")
+        await wait_http(f"{api}/healthz", fleet)
+        await wait_http(f"{api_nc}/healthz", fleet)
+        if not args.skip_scaling:
+            say(f"MES scaling: bursts of {args.orders} orders, {args.concurrency} concurrent "
+                f"orders per worker, 3 stages x {args.stage_delay} s simulated I/O")
+            result["scaling"] = await scaling(fleet, api, args.workers, args.orders,
+                                              args.concurrency, say)
+            say("  scaling vs 1 worker: " + ", ".join(
+                f"{k}: {v['scaling']}x" for k, v in result["scaling"].items()))
+        if not args.skip_dashboard:
+            say(f"Dashboard at {args.seed:,}+ orders, {args.readers} readers per target, "
+                f"{args.read_seconds:.0f} s each, orders flowing at {args.rate}/s")
+            result["dashboard"] = await dashboard(fleet, api, api_nc, args.rate, args.readers,
+                                                  args.read_seconds, args.concurrency, say)
+    finally:
+        fleet.stop_all()
+    say(f"  process logs: {logdir}")
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--orders", type=int, default=200, help="orders per scaling burst")
+    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
+    p.add_argument("--concurrency", type=int, default=4, help="orders in flight per MES worker")
+    p.add_argument("--stage-delay", type=float, default=0.2, help="seconds per MES stage")
+    p.add_argument("--seed", type=int, default=100_000, help="synthetic orders in the database")
+    p.add_argument("--rate", type=float, default=20.0, help="orders/s during the dashboard run")
+    p.add_argument("--readers", type=int, default=8, help="concurrent dashboard readers")
+    p.add_argument("--read-seconds", type=float, default=10.0)
+    p.add_argument("--log-level", default="WARNING", help="OBSKIT_LOG_LEVEL of the processes")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-dashboard", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

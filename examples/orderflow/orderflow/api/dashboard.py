@@ -1,0 +1,172 @@
+"""The MES dashboard: JSON endpoints for managers and operators, and the page that polls them.
+
+``create_app()`` includes ``router``; ``events.load_plugins()`` calls ``register_hooks()`` in every
+orderflow process so a new order or a status change invalidates the cached hot views wherever it
+is committed. Reads go to ``app.state.read_db`` (the replica when one is configured).
+
+The endpoints are for the company's internal network: they carry no customer emails or partner
+references, only what a production manager needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
+
+from orderflow import cache as dcache
+from orderflow import events
+from orderflow.statuses import STATUSES, TERMINAL
+
+NEWEST_LIMIT = 10
+THROUGHPUT_WINDOW_S = 15 * 60
+THROUGHPUT_BUCKET_S = 30
+_COLUMNS = ("order_id, channel, status, model->>'name' AS model, model->>'material' AS material, "
+            "model->>'quality' AS quality, quantity, price, currency, created_at, updated_at")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    if dcache._default is not None:  # only if this process ever used it
+        await dcache._default.close()
+
+
+router = APIRouter(tags=["dashboard"], lifespan=_lifespan)
+
+
+def register_hooks() -> None:
+    """Invalidate the hot views on the two triggers, in whichever process commits the change."""
+    events.on_order_created(dcache.on_order_created)
+    events.on_status_changed(dcache.on_status_changed)
+
+
+def _cache(request: Request) -> dcache.DashboardCache:
+    # app.state wins so tests and the benchmark can run a cache of their own beside the default.
+    return getattr(request.app.state, "dashboard_cache", None) or dcache.default_cache()
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            out[k] = v.isoformat()
+        elif isinstance(v, Decimal):
+            out[k] = float(v)
+        elif k == "order_id":
+            out[k] = str(v)
+        else:
+            out[k] = v
+    return out
+
+
+async def _fetch(conn: Any, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    cur = await conn.execute(query, params)
+    return [_jsonable(dict(r)) for r in await cur.fetchall()]
+
+
+async def _load_summary(request: Request) -> dict[str, Any]:
+    async with request.app.state.read_db.connection() as conn:
+        return await _summary(conn)
+
+
+async def _summary(conn: Any) -> dict[str, Any]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in await _fetch(conn, "SELECT status, count(*) AS n FROM orders GROUP BY status", {}):
+        counts[r["status"]] = r["n"]
+    newest = await _fetch(conn, f"SELECT {_COLUMNS} FROM orders "
+                          "ORDER BY created_at DESC LIMIT %(n)s", {"n": NEWEST_LIMIT})
+    params = {"window": THROUGHPUT_WINDOW_S, "bucket": THROUGHPUT_BUCKET_S}
+    bucket = ("to_timestamp(floor(extract(epoch FROM {col}) / %(bucket)s) * %(bucket)s)")
+    accepted = await _fetch(
+        conn, f"SELECT {bucket.format(col='created_at')} AS t, count(*) AS n FROM orders "
+        "WHERE created_at >= now() - make_interval(secs => %(window)s) GROUP BY 1", params)
+    finished = await _fetch(
+        conn, f"SELECT {bucket.format(col='at')} AS t, status, count(*) AS n "
+        "FROM order_status_history WHERE status IN ('done', 'failed') "
+        "AND at >= now() - make_interval(secs => %(window)s) GROUP BY 1, 2", params)
+    points: dict[str, dict[str, Any]] = {}
+    for r in accepted:
+        points.setdefault(r["t"], {"t": r["t"], "accepted": 0, "done": 0, "failed": 0})
+        points[r["t"]]["accepted"] = r["n"]
+    for r in finished:
+        points.setdefault(r["t"], {"t": r["t"], "accepted": 0, "done": 0, "failed": 0})
+        points[r["t"]][r["status"]] = r["n"]
+    total = sum(counts.values())
+    return {
+        "counts": counts,
+        "total": total,
+        "in_flight": total - sum(counts[s] for s in TERMINAL),
+        "newest": newest,
+        "throughput": {"bucket_seconds": THROUGHPUT_BUCKET_S, "window_seconds":
+                       THROUGHPUT_WINDOW_S, "points": sorted(points.values(),
+                                                             key=lambda p: p["t"])},
+        "generated_at": datetime.now().astimezone().isoformat(),
+    }
+
+
+@router.get("/api/v1/dashboard/summary")
+async def summary(request: Request, response: Response) -> dict[str, Any]:
+    """Counts by status, the newest orders and throughput (accepted/done/failed per 30 s).
+
+    Cached until the next new order or status change.
+    """
+    value, result = await _cache(request).get_or_load(
+        "dashboard_summary", "summary", lambda: _load_summary(request), hot=True)
+    response.headers["X-Cache"] = result
+    return value
+
+
+@router.get("/api/v1/dashboard/orders")
+async def orders(request: Request, response: Response,
+                 status: str | None = Query(None, description="One of the order statuses; "
+                                            "omitted: the newest orders of any status."),
+                 limit: int = Query(50, ge=1, le=200),
+                 offset: int = Query(0, ge=0, le=10_000)) -> dict[str, Any]:
+    """Orders of one status, newest first (cached 60 s), or the newest orders of any status
+    (cached until the next new order or status change)."""
+    if status is not None and status not in STATUSES:
+        raise HTTPException(422, detail={
+            "error": "invalid_status", "field": "status",
+            "message": f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"})
+    params = {"status": status, "limit": limit, "offset": offset}
+
+    async def load() -> dict[str, Any]:
+        async with request.app.state.read_db.connection() as conn:
+            return await _list(conn)
+
+    async def _list(conn: Any) -> dict[str, Any]:
+        if status is None:
+            rows = await _fetch(conn, f"SELECT {_COLUMNS} FROM orders ORDER BY created_at "
+                                "DESC LIMIT %(limit)s OFFSET %(offset)s", params)
+            total = await _fetch(conn, "SELECT count(*) AS n FROM orders", {})
+        else:
+            rows = await _fetch(conn, f"SELECT {_COLUMNS} FROM orders WHERE status = "
+                                "%(status)s ORDER BY created_at DESC LIMIT %(limit)s "
+                                "OFFSET %(offset)s", params)
+            total = await _fetch(conn, "SELECT count(*) AS n FROM orders "
+                                 "WHERE status = %(status)s", params)
+        return {**params, "total": total[0]["n"], "orders": rows,
+                "generated_at": datetime.now().astimezone().isoformat()}
+
+    if status is None:
+        value, result = await _cache(request).get_or_load(
+            "dashboard_newest", f"newest:{limit}:{offset}", load, hot=True)
+    else:
+        value, result = await _cache(request).get_or_load(
+            "dashboard_orders", f"{status}:{limit}:{offset}", load, hot=False)
+    response.headers["X-Cache"] = result
+    return value
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """The page: plain HTML + JS polling the JSON endpoints (no CDN: works offline)."""
+    html = resources.files("orderflow").joinpath("templates/dashboard.html").read_text("utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,337 @@
+"""MES dashboard endpoints and their cache, against the real PostgreSQL and Redis.
+
+Own database (``orderflow_dash_test``) and a unique Redis key prefix per test, so nothing here
+sees other tests' orders or cache entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from obskit.metrics import catalogue
+from orderflow import cache as dcache
+from orderflow import events
+from orderflow.api import dashboard
+from orderflow.db import open_pool
+from orderflow.migrations import upgrade
+
+DSN = "postgresql://postgres@127.0.0.1:5432/orderflow_dash_test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DOWN_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: "Redis is down"
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"),
+              # cashews 7.6 closes its redis client with the deprecated close()
+              pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")]
+
+
+# --- helpers shared with test_dashboard_browser.py -------------------------------------------
+async def insert_order(pool: AsyncConnectionPool, *, status: str = "accepted",
+                       created_at: datetime | None = None, name: str = "part.stl") -> str:
+    """Store an order as the CRM would (order row + history), without any events."""
+    order_id = str(uuid.uuid4())
+    at = created_at or datetime.now(UTC)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO orders (order_id, channel, customer_email, model, quantity, "
+            "tracking_token, status, created_at, updated_at) "
+            "VALUES (%s, 'b2c', 'ada@example.com', %s, 2, 'tok', %s, %s, %s)",
+            (order_id, json.dumps({"name": name, "volume_cm3": 12.5, "material": "PLA",
+                                   "quality": "standard"}), status, at, at))
+        await conn.execute("INSERT INTO order_status_history (order_id, status, at) "
+                           "VALUES (%s, %s, %s)", (order_id, status, at))
+    return order_id
+
+
+async def place_order(pool: AsyncConnectionPool, **kw: Any) -> str:
+    """Store an order and fire ``order_created`` as the ingress does after its commit."""
+    order_id = await insert_order(pool, **kw)
+    await events.order_created([{"order_id": order_id, "channel": "b2c", "status": "accepted",
+                                 "at": datetime.now(UTC).isoformat()}])
+    return order_id
+
+
+async def change_status(pool: AsyncConnectionPool, order_id: str, status: str) -> None:
+    """Record a status change and fire ``status_changed`` as the status consumer does."""
+    now = datetime.now(UTC)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE orders SET status = %s, updated_at = %s WHERE order_id = %s",
+                           (status, now, order_id))
+        await conn.execute("INSERT INTO order_status_history (order_id, status, at) "
+                           "VALUES (%s, %s, %s)", (order_id, status, now))
+    await events.status_changed([{"order_id": order_id, "channel": "b2c", "status": status,
+                                  "at": now.isoformat()}])
+
+
+def dashboard_app(pool: AsyncConnectionPool) -> FastAPI:
+    """Just the dashboard router on the state ``create_app()`` provides."""
+    app = FastAPI()
+    app.include_router(dashboard.router)
+    app.state.db = app.state.read_db = pool
+    return app
+
+
+async def reset_db(pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("TRUNCATE orders, order_status_history, outbox CASCADE")
+
+
+async def drop_keys(prefix: str) -> None:
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in r.scan_iter(f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+def count(name: str, result: str) -> float:
+    value = catalogue().registry.get_sample_value(
+        "cache_requests_total", {"cache": name, "result": result})
+    return value or 0.0
+
+
+def invalidations(trigger: str) -> float:
+    value = catalogue().registry.get_sample_value(
+        "cache_invalidations_total", {"cache": "dashboard", "trigger": trigger})
+    return value or 0.0
+
+
+# --- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+async def pool() -> AsyncIterator[AsyncConnectionPool]:
+    await asyncio.to_thread(upgrade, DSN)
+    p = await open_pool(DSN, max_size=5, name="dashboard-test")
+    events.load_plugins()  # what every orderflow process does: registers our hooks
+    yield p
+    await p.close()
+
+
+async def _make_cache(url: str, **kw: Any) -> AsyncIterator[dcache.DashboardCache]:
+    prefix = f"dashtest-{uuid.uuid4().hex[:8]}"
+    kw.setdefault("min_interval", 0.0)  # every trigger invalidates at once
+    c = dcache.DashboardCache(url, prefix=prefix, **kw)
+    dcache.set_default(c)  # the event hooks invalidate this one
+    yield c
+    dcache.set_default(None)
+    await c.close()
+    await drop_keys(prefix)
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[dcache.DashboardCache]:
+    async for c in _make_cache(REDIS_URL, list_ttl=1.0, hot_ttl=60.0):
+        yield c
+
+
+@pytest.fixture
+async def client(pool: AsyncConnectionPool, cache: dcache.DashboardCache
+                 ) -> AsyncIterator[httpx.AsyncClient]:
+    await reset_db(pool)
+    transport = httpx.ASGITransport(app=dashboard_app(pool))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+        yield c
+
+
+# --- tests -----------------------------------------------------------------------------------
+async def test_summary_is_served_from_cache_on_the_second_call(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool) -> None:
+    for _ in range(3):
+        await insert_order(pool)
+    hits, misses = count("dashboard_summary", "hit"), count("dashboard_summary", "miss")
+
+    first = await client.get("/api/v1/dashboard/summary")
+    second = await client.get("/api/v1/dashboard/summary")
+
+    assert first.status_code == second.status_code == 200
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert count("dashboard_summary", "miss") == misses + 1
+    assert count("dashboard_summary", "hit") == hits + 1
+    body = second.json()
+    assert body["counts"]["accepted"] == 3 and body["total"] == 3 and body["in_flight"] == 3
+    assert len(body["newest"]) == 3
+    assert body == first.json()
+
+
+async def test_per_status_list_and_newest_are_cached(client: httpx.AsyncClient,
+                                                     pool: AsyncConnectionPool) -> None:
+    await insert_order(pool)
+    for url, name in (("/api/v1/dashboard/orders?status=accepted", "dashboard_orders"),
+                      ("/api/v1/dashboard/orders", "dashboard_newest")):
+        hits = count(name, "hit")
+        assert (await client.get(url)).headers["x-cache"] == "miss"
+        again = await client.get(url)
+        assert again.headers["x-cache"] == "hit"
+        assert count(name, "hit") == hits + 1
+        assert again.json()["total"] == 1 and len(again.json()["orders"]) == 1
+
+
+async def test_new_order_and_status_change_appear_at_once(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool) -> None:
+    await insert_order(pool)
+    await client.get("/api/v1/dashboard/summary")
+    await client.get("/api/v1/dashboard/orders")
+    created = invalidations("order_created")
+
+    order_id = await place_order(pool, name="new-bracket.stl")
+
+    summary = (await client.get("/api/v1/dashboard/summary")).json()
+    assert summary["counts"]["accepted"] == 2
+    assert summary["newest"][0]["order_id"] == order_id
+    newest = await client.get("/api/v1/dashboard/orders")
+    assert newest.json()["orders"][0]["order_id"] == order_id
+    assert invalidations("order_created") == created + 1
+
+    changed = invalidations("status_changed")
+    await change_status(pool, order_id, "priced")
+
+    summary = (await client.get("/api/v1/dashboard/summary")).json()
+    assert summary["counts"]["accepted"] == 1 and summary["counts"]["priced"] == 1
+    assert summary["newest"][0]["status"] == "priced"
+    assert invalidations("status_changed") == changed + 1
+    # And the next read is served from cache again.
+    assert (await client.get("/api/v1/dashboard/summary")).headers["x-cache"] == "hit"
+
+
+async def test_per_status_list_respects_its_ttl(client: httpx.AsyncClient,
+                                                pool: AsyncConnectionPool,
+                                                cache: dcache.DashboardCache) -> None:
+    order_id = await place_order(pool)
+    url = "/api/v1/dashboard/orders?status=accepted"
+    assert [o["order_id"] for o in (await client.get(url)).json()["orders"]] == [order_id]
+
+    await change_status(pool, order_id, "priced")
+
+    # Not invalidated: the list lives its TTL (1 s here, 60 s in production) by design...
+    stale = await client.get(url)
+    assert stale.headers["x-cache"] == "hit"
+    assert [o["order_id"] for o in stale.json()["orders"]] == [order_id]
+    # ...while the counts already know.
+    assert (await client.get("/api/v1/dashboard/summary")).json()["counts"]["accepted"] == 0
+
+    await asyncio.sleep(cache.list_ttl + 0.3)
+    fresh = await client.get(url)
+    assert fresh.headers["x-cache"] == "miss"
+    assert fresh.json()["orders"] == [] and fresh.json()["total"] == 0
+
+
+async def test_invalidation_from_another_process_is_seen(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool,
+        cache: dcache.DashboardCache) -> None:
+    await client.get("/api/v1/dashboard/summary")
+    await insert_order(pool)
+    # A second client on the same keys stands for the ingress process that committed the order.
+    other = dcache.DashboardCache(REDIS_URL, prefix=cache.prefix.removesuffix(":dash"))
+    try:
+        assert (await client.get("/api/v1/dashboard/summary")).json()["total"] == 0  # cached
+        await other.invalidate("order_created")
+        assert (await client.get("/api/v1/dashboard/summary")).json()["total"] == 1
+    finally:
+        await other.close()
+
+
+async def test_bursts_of_triggers_fold_into_two_invalidations() -> None:
+    async for c in _make_cache(REDIS_URL, min_interval=0.3):
+        loads = 0
+
+        async def load() -> int:
+            nonlocal loads
+            loads += 1
+            return loads
+
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (1, "miss")
+        await c.invalidate("order_created")  # acts at once
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "miss")
+        for _ in range(20):  # a burst of status changes within the interval...
+            await c.invalidate("status_changed")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "hit")
+        await asyncio.sleep(0.45)  # ...is one more invalidation at its end
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (3, "miss")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (3, "hit")
+
+
+async def test_redis_down_still_answers_from_the_database(pool: AsyncConnectionPool) -> None:
+    await reset_db(pool)
+    order_id = await insert_order(pool)
+    async for down in _make_cache(DOWN_REDIS_URL, timeout=0.2):
+        errors = count("dashboard_summary", "error")
+        transport = httpx.ASGITransport(app=dashboard_app(pool))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+            for _ in range(2):  # the second call takes the "Redis is down" shortcut
+                r = await c.get("/api/v1/dashboard/summary")
+                assert r.status_code == 200 and r.headers["x-cache"] == "error"
+                assert r.json()["counts"]["accepted"] == 1
+            r = await c.get("/api/v1/dashboard/orders?status=accepted")
+            assert r.status_code == 200
+            assert [o["order_id"] for o in r.json()["orders"]] == [order_id]
+            await change_status(pool, order_id, "priced")  # the hook must not raise
+            r = await c.get("/api/v1/dashboard/summary")
+            assert r.json()["counts"]["priced"] == 1
+        assert count("dashboard_summary", "error") == errors + 3
+        assert not down._inflight
+
+
+async def test_concurrent_misses_run_one_query(cache: dcache.DashboardCache) -> None:
+    calls = 0
+
+    async def load() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return {"n": 1}
+
+    results = await asyncio.gather(*(cache.get_or_load("dashboard_summary", "k", load, hot=True)
+                                     for _ in range(10)))
+    assert calls == 1
+    assert all(value == {"n": 1} for value, _ in results)
+
+
+async def test_disabled_cache_always_reads_the_database(pool: AsyncConnectionPool) -> None:
+    async for off in _make_cache(REDIS_URL, enabled=False):
+        calls = 0
+
+        async def load() -> int:
+            nonlocal calls
+            calls += 1
+            return calls
+
+        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (1, "bypass")
+        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "bypass")
+
+
+async def test_paging_and_bad_status(client: httpx.AsyncClient, pool: AsyncConnectionPool
+                                     ) -> None:
+    base = datetime.now(UTC) - timedelta(minutes=5)
+    ids = [await insert_order(pool, created_at=base + timedelta(seconds=i)) for i in range(5)]
+    r = await client.get("/api/v1/dashboard/orders?status=accepted&limit=2&offset=1")
+    body = r.json()
+    assert body["total"] == 5 and body["limit"] == 2 and body["offset"] == 1
+    assert [o["order_id"] for o in body["orders"]] == [ids[3], ids[2]]  # newest first
+
+    bad = await client.get("/api/v1/dashboard/orders?status=lost")
+    assert bad.status_code == 422 and "status" in bad.text
+    assert (await client.get("/api/v1/dashboard/orders?limit=0")).status_code == 422
+
+
+async def test_summary_throughput_and_page(client: httpx.AsyncClient,
+                                           pool: AsyncConnectionPool) -> None:
+    order_id = await place_order(pool)
+    await change_status(pool, order_id, "done")
+    tp = (await client.get("/api/v1/dashboard/summary")).json()["throughput"]
+    assert sum(p["accepted"] for p in tp["points"]) == 1
+    assert sum(p["done"] for p in tp["points"]) == 1
+
+    page = await client.get("/dashboard")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/api/v1/dashboard/summary" in page.text and "<svg" in page.text
