@@ -10,7 +10,7 @@
 See docs/ for the configuration table, the metrics catalogue and the integrations.
 """
 
-from obskit._context import current_order, order_context
+from obskit._context import add_request_fields, current_order, order_context
 from obskit._decorators import traced
 from obskit._init import Handle, get_handle, init, shutdown
 from obskit._logging import get_logger
@@ -24,6 +24,7 @@ __all__ = [
     "TERMINAL_STAGES",
     "Handle",
     "__version__",
+    "add_request_fields",
     "current_order",
     "get_handle",
     "get_logger",

@@ -172,6 +172,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("scrub_keys", "OBSKIT_SCRUB_KEYS", (), _csv,
            "Extra key names whose values are replaced by `[REDACTED]` in logs and span "
            "attributes, in addition to the built-in list (password, secret, token, ...)."),
+    Option("request_id", "OBSKIT_REQUEST_ID", True, _bool,
+           "Per HTTP request, take `X-Request-ID` (or generate one), return it in the response "
+           "and put it on the span, the access-log line and every log line of the request."),
     Option("instrument_logging", "OBSKIT_INSTRUMENT_LOGGING", True, _bool,
            "Route standard-library `logging` records through obskit's pipeline."),
 )

@@ -18,7 +18,14 @@ from typing import Any
 
 from opentelemetry import baggage, context, trace
 
-__all__ = ["ORDER_CHANNEL_KEY", "ORDER_ID_KEY", "current_order", "order_context"]
+__all__ = [
+    "ORDER_CHANNEL_KEY",
+    "ORDER_ID_KEY",
+    "add_request_fields",
+    "current_order",
+    "current_request",
+    "order_context",
+]
 
 ORDER_ID_KEY = "order.id"
 ORDER_CHANNEL_KEY = "order.channel"
@@ -26,6 +33,37 @@ ORDER_CHANNEL_KEY = "order.channel"
 _extra: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "obskit_order_extra", default={}
 )
+
+
+# Per-request fields (request_id, and what the app adds) for the access-log line and every log
+# line of the request. A dict set by the server middleware and *mutated* by the handler, so what
+# the handler adds reaches the middleware even across copied contexts (sync endpoints run in a
+# thread with a copy of the context).
+_request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "obskit_request", default=None
+)
+
+
+def current_request() -> dict[str, Any] | None:
+    return _request.get()
+
+
+def begin_request(fields: dict[str, Any]) -> contextvars.Token[dict[str, Any] | None]:
+    return _request.set(fields)
+
+
+def end_request(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _request.reset(token)
+
+
+def add_request_fields(**fields: Any) -> None:
+    """Add fields to the current HTTP request's access-log line (e.g. ``partner="acme"``).
+
+    Outside a request instrumented by obskit this does nothing.
+    """
+    req = _request.get()
+    if req is not None:
+        req.setdefault("extra", {}).update(fields)
 
 
 def current_order() -> tuple[str | None, str | None]:
@@ -52,6 +90,11 @@ def order_context(order_id: Any, channel: str | None = None, **attributes: Any) 
     if channel is not None:
         ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)
     token = context.attach(ctx)
+    req = _request.get()
+    if req is not None:  # the access line of this request names the order too
+        req["order_id"] = str(order_id)
+        if channel is not None:
+            req["channel"] = str(channel)
     extra_token = _extra.set({**_extra.get(), **attributes}) if attributes else None
     span = trace.get_current_span()
     if span.is_recording():

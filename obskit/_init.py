@@ -52,6 +52,7 @@ class Handle:
         return [s.name for s in self.integrations if s.state == "active"]
 
     def force_flush(self, timeout_seconds: float = 5.0) -> None:
+        _logging.flush()
         for p in (self.tracer_provider, self.logger_provider):
             if p is not None:
                 try:

@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from obskit._context import current_extra, current_order
+from obskit._context import current_extra, current_order, current_request
 
 __all__ = [
     "DEFAULT_SCRUB_KEYS",
@@ -41,7 +41,8 @@ _HARMLESS_SUFFIXES = frozenset({"count", "type", "name", "length", "len", "id_ty
                                 "expiry", "ttl", "url"})
 
 # Set by obskit's own processors or by logging itself; never user-provided secrets.
-_TRUSTED = frozenset({"level", "logger", "_record", "_from_structlog", "order_id", "channel"})
+_TRUSTED = frozenset({"level", "logger", "_record", "_from_structlog", "order_id", "channel",
+                      "request_id"})
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -153,6 +154,11 @@ def add_order_context(logger: Any, method_name: str, event_dict: EventDict) -> E
     if extra:
         for k, v in extra.items():
             event_dict.setdefault(k, v)
+    req = current_request()
+    if req is not None:
+        rid = req.get("request_id")
+        if rid is not None:
+            event_dict.setdefault("request_id", rid)
     return event_dict
 
 

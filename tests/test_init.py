@@ -147,7 +147,7 @@ def test_safe_at_import_time_with_a_dead_collector():
              "OTEL_EXPORTER_OTLP_TIMEOUT": "500"},
     )
     assert r.returncode == 0, r.stderr
-    assert '"event": "up"' in r.stdout
+    assert any(json.loads(ln).get("event") == "up" for ln in r.stdout.splitlines())
     # exit flush is bounded even though the collector is unreachable
     assert time.monotonic() - start < 30
 

@@ -1,0 +1,241 @@
+"""HTTP server overhead: a trivial FastAPI endpoint under wrk, four variants, interleaved.
+
+    python benchmarks/bench_http.py                   # 3 rounds x 4 variants x 5 s
+    python benchmarks/bench_http.py --rounds 5 --duration 10 --connections 32
+
+Variants (each in its own uvicorn process, one worker, uvicorn's access log off):
+
+* ``bare``        FastAPI, no global tracer provider (so FastAPI's native telemetry stays off);
+* ``stock``       ``FastAPIInstrumentor`` + SDK ``TracerProvider`` with a ``BatchSpanProcessor``
+                  to a no-op exporter (the standard contrib setup);
+* ``obskit``      ``obskit.init()``: every request traced (same provider + processor as stock),
+                  RED metrics with exemplars, one JSON access-log line per request to /dev/null;
+* ``obskit_10pct`` the same with ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``,
+                  ``OTEL_TRACES_SAMPLER_ARG=0.1``.
+
+Diagnostic variants (``--variants bare,obskit,obskit_nolog,obskit_notrace``): ``obskit_nolog``
+is ``obskit`` with the access log filtered out (``log_level=WARNING``); ``obskit_notrace`` is
+``obskit`` with ``OTEL_SDK_DISABLED=true`` (metrics + access log only).
+
+Spans go to a no-op exporter in both traced variants so the comparison measures instrumentation,
+not exporting. Prints req/s (median over rounds), p50/p99 latency (median over rounds) and the
+ratio to bare. Needs ``wrk`` (Debian package ``wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
+#: Diagnostic variants, run with --variants: where obskit's per-request cost goes.
+EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace")
+
+
+# --- server side (runs in the subprocess) --------------------------------------------------------
+def _noop_provider() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class NoopExporter(SpanExporter):
+        def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+            return SpanExportResult.SUCCESS
+
+    # The default sampler reads OTEL_TRACES_SAMPLER / _ARG, as obskit's does.
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def build_app(variant: str) -> Any:
+    from fastapi import FastAPI
+
+    if variant == "stock":
+        provider = _noop_provider()
+    elif variant.startswith("obskit"):
+        import obskit
+
+        options: dict[str, Any] = {}
+        if variant == "obskit_nolog":
+            options["log_level"] = "WARNING"
+        if variant == "obskit_notrace":
+            options["sdk_disabled"] = True
+        else:
+            options["tracer_provider"] = _noop_provider()
+        sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
+        obskit.init("bench", log_stream=sink, log_format="json", spans_file="off", **options)
+
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    if variant == "stock":
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    return app
+
+
+def serve(variant: str, port: int) -> None:
+    if variant == "obskit_10pct":
+        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
+    import uvicorn
+
+    app = build_app(variant)
+    if os.environ.get("BENCH_GC_FREEZE") == "1":  # diagnostic: is a p99 spike a full GC?
+        import gc
+
+        gc.freeze()
+    uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="warning",
+                access_log=False, lifespan="on")
+
+
+# --- driver -------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, duration: float, connections: int, threads: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+         "--latency", url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses:\n{out}")
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": requests}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), threads included."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(variant: str, duration: float, connections: int, threads: int,
+            warmup: float) -> dict[str, float]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_port(port)
+        url = f"http://127.0.0.1:{port}/items/42"
+        if warmup > 0:
+            run_wrk(url, warmup, connections, threads)
+        cpu0 = cpu_seconds(proc.pid)
+        res = run_wrk(url, duration, connections, threads)
+        # Server CPU per request: unlike req/s, barely affected by other load on the machine.
+        res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(1, res["requests"]) * 1e6
+        return res
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    variants = [v for v in args.variants.split(",") if v]
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants:
+            res = measure(v, args.duration, args.connections, args.threads, args.warmup)
+            results[v].append(res)
+            print(f"round {r + 1}/{args.rounds} {v:<14} {res['rps']:7.0f} req/s  "
+                  f"p50 {res['p50']:6.2f} ms  p99 {res['p99']:7.2f} ms  "
+                  f"cpu {res['cpu_us']:6.1f} us/req", flush=True)
+
+    def med(v: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[v])
+
+    bare = med("bare", "rps") if "bare" in results else None
+    stock = med("stock", "rps") if "stock" in results else None
+    print()
+    print(f"{args.rounds} rounds x {args.duration:g} s, wrk -t{args.threads} -c{args.connections},"
+          " medians")
+    bare_cpu = med("bare", "cpu_us") if "bare" in results else None
+    stock_cpu = med("stock", "cpu_us") if "stock" in results else None
+    print("| variant | req/s | p50 ms | p99 ms | req/s vs bare | req/s vs stock | req/s spread "
+          "| server CPU µs/req | CPU-based vs bare | CPU-based vs stock |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for v in variants:
+        rps = med(v, "rps")
+        cpu = med(v, "cpu_us")
+        spread = f"{min(x['rps'] for x in results[v]):.0f}–{max(x['rps'] for x in results[v]):.0f}"
+        print(f"| {v} | {rps:.0f} | {med(v, 'p50'):.2f} | {med(v, 'p99'):.2f} | "
+              f"{'' if not bare else f'{rps / bare:.2f}'} | "
+              f"{'' if not stock else f'{rps / stock:.2f}x'} | {spread} | {cpu:.0f} | "
+              f"{'' if not bare_cpu else f'{bare_cpu / cpu:.2f}'} | "
+              f"{'' if not stock_cpu else f'{stock_cpu / cpu:.2f}x'} |")
+    print("\nCPU-based = throughput ratio a dedicated core would give (inverse server CPU per "
+          "request);\nreq/s ratios depend on what else the machine is doing.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

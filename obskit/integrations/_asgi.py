@@ -1,0 +1,266 @@
+"""obskit's own pure-ASGI server middleware: the hot path of every instrumented web service.
+
+Per HTTP request it makes ONE ``SERVER`` span (``GET /orders/{order_id}``), records the RED
+metrics (``http_server_request_duration_seconds`` by method, route template and status code, with
+a trace_id exemplar; ``http_server_active_requests``) and writes ONE access-log line through
+obskit's logger (``logger="obskit.access"``).
+
+Why not the contrib ``OpenTelemetryMiddleware``: it makes three spans per request (server + one
+per ``send``/``receive`` message) and wraps every message; measured on a trivial endpoint it keeps
+0.27 of a bare app's throughput. Why not ``BaseHTTPMiddleware``: it runs the app in a task group
+with memory streams, ~0.35 of throughput on its own. This middleware only wraps ``send`` to read
+the status code, and does span work only when the sampler says yes.
+
+The route template is read *after* the app ran from ``scope["route"]``, which Starlette's router
+sets on the (shared) scope dict; the template of a route object is computed once (including the
+paths of the ``Mount``s above it) and cached by identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from obskit import _logging
+from obskit._context import begin_request, end_request
+from obskit._internal import internal_error
+from obskit.integrations import _http
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ["ObskitASGIMiddleware"]
+
+#: Set on the scope by the outermost obskit middleware; nested ones (mounted sub-apps that are
+#: instrumented too) pass the request through untouched.
+SCOPE_KEY = "obskit.request"
+
+_UNMATCHED = _http.UNMATCHED
+_KNOWN_METHODS = _http.KNOWN_METHODS
+_SERVER = SpanKind.SERVER
+_ERROR = StatusCode.ERROR
+_set_span_in_context = trace.set_span_in_context
+_attach = otel_context.attach
+_detach = otel_context.detach
+
+# Request headers we read, by their lower-case byte names (ASGI guarantees lower case).
+_TRACEPARENT = b"traceparent"
+_TRACESTATE = b"tracestate"
+_BAGGAGE = b"baggage"
+_USER_AGENT = b"user-agent"
+_REQUEST_ID = b"x-request-id"
+_HOST = b"host"
+_WANTED = frozenset({_TRACEPARENT, _TRACESTATE, _BAGGAGE, _USER_AGENT, _REQUEST_ID, _HOST})
+_ACCESS = _http.ACCESS_LOGGER
+_MAX_TEMPLATES = 10_000
+
+
+def _find_template(routes: Any, target: Any, prefix: str, depth: int = 0) -> str | None:
+    for r in routes:
+        if r is target:
+            return prefix + getattr(r, "path", "")
+        sub = getattr(r, "routes", None)  # Mount, Host
+        if sub and depth < 8:
+            found = _find_template(sub, target, prefix + getattr(r, "path", ""), depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+class ObskitASGIMiddleware:
+    """Wrap an ASGI app. ``owner`` is the Starlette/FastAPI app whose routes resolve templates.
+
+    Usually added for you by ``obskit.init()``; use ``obskit.integrations.fastapi.instrument_app``
+    (or wrap any ASGI app: ``app = ObskitASGIMiddleware(app)``) to do it explicitly.
+    """
+
+    __slots__ = ("app", "owner", "explicit", "_templates")
+
+    def __init__(self, app: ASGIApp, owner: Any = None, explicit: bool = False) -> None:
+        self.app = app
+        self.owner = owner
+        self.explicit = explicit  # added by instrument_app(): works even if no integration is on
+        self._templates: dict[int, tuple[Any, str]] = {}
+
+    def _template(self, route: Any) -> str:
+        entry = self._templates.get(id(route))
+        if entry is not None and entry[0] is route:
+            return entry[1]
+        template = None
+        routes = getattr(self.owner, "routes", None)
+        if routes is not None:
+            template = _find_template(routes, route, "")
+        if not template:
+            template = getattr(route, "path", None) or _UNMATCHED
+        if len(self._templates) < _MAX_TEMPLATES:
+            self._templates[id(route)] = (route, template)
+        return template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        st = _http.state
+        if st is None and self.explicit:
+            st = _http.current()
+        if st is None or scope["type"] != "http" or SCOPE_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        start = perf_counter()
+        scope[SCOPE_KEY] = True
+        status_code = 0
+        span: Any = None
+        token: Any = None
+        active: Any = None
+        headers: dict[bytes, bytes] = {}
+        request: dict[str, Any] = {}
+        request_token = begin_request(request)
+        rid_header: bytes | None = None
+        try:
+            method = scope["method"]
+            if method not in _KNOWN_METHODS:
+                method = "_OTHER"
+            for k, v in scope["headers"]:
+                if k in _WANTED:
+                    headers[k] = v
+            if st.request_id:
+                rid = _http.request_id(headers.get(_REQUEST_ID))
+                request["request_id"] = rid
+                rid_header = rid.encode("latin-1")
+            active = st.active.labels(method)
+            active.inc()
+            tracer = st.tracer
+            if tracer is not None:
+                parent = None
+                if _TRACEPARENT in headers or _BAGGAGE in headers:
+                    parent = propagate.extract(
+                        {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()})
+                # Attributes are set once, at the end (one lock, one pass): our samplers do not
+                # look at them, and an unsampled request never pays for them.
+                span = tracer.start_span(method, parent, _SERVER)
+                token = _attach(_set_span_in_context(span, parent))
+        except Exception as exc:
+            internal_error("asgi.start", exc)
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                nonlocal status_code
+                status_code = message["status"]
+                if rid_header is not None:
+                    try:
+                        message["headers"] = [*message.get("headers", ()),
+                                              (_REQUEST_ID, rid_header)]
+                    except Exception as exc:
+                        internal_error("asgi.request_id", exc)
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                self._finish(st, scope, start, status_code, span, error, headers, request)
+            except Exception as exc:
+                internal_error("asgi.finish", exc)
+            finally:
+                end_request(request_token)
+                if token is not None:
+                    _detach(token)
+                if active is not None:
+                    active.dec()
+
+    @staticmethod
+    def _attributes(scope: Scope, headers: dict[bytes, bytes]) -> dict[str, Any]:
+        method = scope["method"]
+        attrs: dict[str, Any] = {
+            "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+        }
+        if method not in _KNOWN_METHODS:
+            attrs["http.request.method_original"] = method
+        host = headers.get(_HOST)
+        if host is not None:
+            attrs["server.address"] = host.decode("latin-1").rsplit(":", 1)[0]
+        else:
+            server = scope.get("server")
+            if server:
+                attrs["server.address"] = server[0]
+        ua = headers.get(_USER_AGENT)
+        if ua is not None:
+            attrs["user_agent.original"] = ua.decode("latin-1")
+        client = scope.get("client")
+        if client:
+            attrs["client.address"] = client[0]
+        return attrs
+
+    def _finish(self, st: _http.ServerState, scope: Scope, start: float, status_code: int,
+                span: Any, error: BaseException | None, headers: dict[bytes, bytes],
+                request: dict[str, Any]) -> None:
+        if not status_code:
+            status_code = 500  # the app raised (or returned) before sending a response
+        route_obj = scope.get("route")
+        route = _UNMATCHED if route_obj is None else self._template(route_obj)
+        method = scope["method"]
+        if method not in _KNOWN_METHODS:
+            method = "_OTHER"
+        duration = perf_counter() - start
+
+        child = st.duration.labels(method, route, status_code)
+        recording = span is not None and span.is_recording()
+        trace_id = span_id = None
+        if span is not None:
+            sc = span.get_span_context()
+            if sc.is_valid:
+                trace_id = format(sc.trace_id, "032x")
+                span_id = format(sc.span_id, "016x")
+        if recording:
+            child.observe(duration, {"trace_id": trace_id})
+        else:
+            child.observe(duration)
+
+        path = scope["path"]
+        fields: dict[str, Any] = {"method": method, "route": route, "path": path,
+                                  "status_code": status_code,
+                                  "duration_ms": round(duration * 1000, 3)}
+        client = scope.get("client")
+        if client:
+            fields["client"] = client[0]
+        request_id = request.get("request_id")
+        if request_id is None and _REQUEST_ID in headers:  # request ids switched off: echo only
+            request_id = _http.request_id(headers[_REQUEST_ID])
+        if request_id is not None:
+            fields["request_id"] = request_id
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = span_id
+        _http.add_request_fields(fields, request)
+        _logging.emit(_ACCESS, "error" if status_code >= 500 else "info",
+                      f"{method} {path} {status_code}", fields)
+
+        if span is None:
+            return
+        if recording:
+            attrs = self._attributes(scope, headers)
+            attrs["http.response.status_code"] = status_code
+            if route_obj is not None:
+                span.update_name(f"{method} {route}")
+                attrs["http.route"] = route
+            if request_id is not None:
+                attrs["http.request.header.x-request-id"] = (request_id,)
+            span.set_attributes(attrs)
+            if error is not None and isinstance(error, Exception):
+                span.record_exception(error)
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.set_status(Status(_ERROR, f"{type(error).__name__}: {error}"))
+            elif status_code >= 500:
+                span.set_attribute("error.type", str(status_code))
+                span.set_status(Status(_ERROR))
+        span.end()

@@ -1,0 +1,86 @@
+"""asyncpg: contrib ``AsyncPGInstrumentor`` (CLIENT span per query) plus
+``db_client_operation_duration_seconds`` from wrapt wrappers around the same ``Connection`` and
+``PreparedStatement`` methods (outside the contrib ones)."""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from obskit.integrations import _db
+from obskit.integrations.starlette import _unwrap
+
+if TYPE_CHECKING:
+    from obskit._init import Handle
+
+LIBRARIES = ("asyncpg", "opentelemetry.instrumentation.asyncpg")
+
+_CONNECTION_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow")
+_PREPARED_METHODS = ("fetch", "fetchval", "fetchrow", "executemany", "fetchmany")
+
+_instrumentor: Any = None
+_owned = False
+
+
+async def _connection_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        query = args[0] if args else kwargs.get("query")
+        _db.record_db("postgresql", _db.operation(query), perf_counter() - start)
+
+
+async def _prepared_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        try:
+            query = instance.get_query()
+        except Exception:
+            query = None
+        _db.record_db("postgresql", _db.operation(query), perf_counter() - start)
+
+
+def instrument(handle: Handle) -> None:
+    global _instrumentor, _owned
+    _db.use_db(handle, "asyncpg")
+    if _instrumentor is not None:
+        return
+    import asyncpg
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    inst = AsyncPGInstrumentor()
+    # Someone else's instrumentation stays theirs: we only undo what we did.
+    _owned = not inst.is_instrumented_by_opentelemetry
+    if _owned:
+        inst.instrument(tracer_provider=handle.tracer_provider)
+    conn_cls = asyncpg.connection.Connection
+    if not hasattr(conn_cls.__dict__.get("fetch"), "__wrapped__"):
+        raise RuntimeError("AsyncPGInstrumentor did not patch asyncpg.Connection")
+    for name in _CONNECTION_METHODS:
+        wrapt.wrap_function_wrapper(conn_cls, name, _connection_call)
+    stmt_cls = asyncpg.prepared_stmt.PreparedStatement
+    for name in _PREPARED_METHODS:
+        if name in stmt_cls.__dict__:
+            wrapt.wrap_function_wrapper(stmt_cls, name, _prepared_call)
+    _instrumentor = inst
+
+
+def uninstrument() -> None:
+    global _instrumentor
+    _db.release_db("asyncpg")
+    if _instrumentor is None:
+        return
+    import asyncpg
+
+    for name in _CONNECTION_METHODS:
+        _unwrap(asyncpg.connection.Connection, name)
+    for name in _PREPARED_METHODS:
+        _unwrap(asyncpg.prepared_stmt.PreparedStatement, name)
+    if _owned:
+        _instrumentor.uninstrument()
+    _instrumentor = None

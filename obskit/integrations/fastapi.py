@@ -1,0 +1,124 @@
+"""FastAPI: obskit's ASGI middleware on every ``FastAPI`` app, and FastAPI's native telemetry off.
+
+FastAPI 0.16x ships OpenTelemetry support (``fastapi.telemetry``) that switches itself on as soon
+as a global SDK tracer provider exists — which ``obskit.init()`` creates — and makes 4 spans per
+request at ~0.31 of a bare app's throughput. obskit decides for it: while this integration is
+active, native telemetry is off on every app (``NativeTelemetry.enabled`` returns False and each
+app's ``telemetry`` config gets ``tracing``/``metrics``/``logs`` = False), so there is exactly one
+SERVER span per request: obskit's. Disable this integration
+(``OBSKIT_DISABLED_INSTRUMENTATIONS=fastapi``) to get FastAPI's own telemetry instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from obskit._internal import internal_error
+from obskit.integrations import _http
+from obskit.integrations._asgi import ObskitASGIMiddleware
+from obskit.integrations.starlette import _unwrap, wrap_build_middleware_stack
+
+if TYPE_CHECKING:
+    from obskit._init import Handle
+
+LIBRARIES = ("fastapi",)
+
+__all__ = ["instrument", "instrument_app", "uninstrument"]
+
+_patched = False
+_original_enabled: Any = None
+
+
+def _native_off(self: Any) -> bool:
+    return False
+
+
+def disable_native_telemetry(app: Any) -> None:
+    """Turn FastAPI's built-in telemetry off on ``app`` (a no-op for other apps)."""
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict):  # shared with app._native_telemetry.config
+        config["tracing"] = config["metrics"] = config["logs"] = False
+
+
+def _wrap_init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    wrapped(*args, **kwargs)
+    try:
+        disable_native_telemetry(instance)
+    except Exception as exc:
+        internal_error("fastapi.init", exc)
+
+
+def _wrap_build(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        disable_native_telemetry(instance)
+    except Exception as exc:
+        internal_error("fastapi.build_middleware_stack", exc)
+    return wrap_build_middleware_stack(wrapped, instance, args, kwargs)
+
+
+def instrument_app(app: Any) -> Any:
+    """Instrument one app explicitly (also without ``init()``-time auto-instrumentation).
+
+    Works for FastAPI and Starlette apps (in place, even if they already served requests) and for
+    any other ASGI app (returns the wrapped app — serve the return value). Idempotent.
+    """
+    from starlette.applications import Starlette
+
+    if not isinstance(app, Starlette):
+        if isinstance(app, ObskitASGIMiddleware):
+            app.explicit = True
+            return app
+        return ObskitASGIMiddleware(app, explicit=True)
+    disable_native_telemetry(app)
+    if app.middleware_stack is None:
+        if "build_middleware_stack" not in app.__dict__:
+            build = app.build_middleware_stack
+
+            def build_instrumented() -> Any:
+                return wrap_build_middleware_stack(lambda: build(), app, (), {}, explicit=True)
+
+            app.build_middleware_stack = build_instrumented  # type: ignore[method-assign]
+    elif isinstance(app.middleware_stack, ObskitASGIMiddleware):
+        app.middleware_stack.explicit = True
+    else:
+        app.middleware_stack = ObskitASGIMiddleware(app.middleware_stack, app, explicit=True)
+    return app
+
+
+def instrument(handle: Handle) -> None:
+    global _patched, _original_enabled
+    _http.configure(handle, "fastapi")
+    if _patched:
+        return
+    from fastapi import FastAPI
+
+    wrapt.wrap_function_wrapper(FastAPI, "__init__", _wrap_init)
+    wrapt.wrap_function_wrapper(FastAPI, "build_middleware_stack", _wrap_build)
+    try:
+        from fastapi.telemetry._asgi import NativeTelemetry
+    except ImportError:  # FastAPI before 0.16x: nothing to switch off
+        pass
+    else:
+        # A plain function, not a wrapt proxy: FastAPI asks this on every request.
+        _original_enabled = NativeTelemetry.__dict__["enabled"]
+        NativeTelemetry.enabled = _native_off  # type: ignore[method-assign]
+    _patched = True
+
+
+def uninstrument() -> None:
+    global _patched, _original_enabled
+    _http.release("fastapi")
+    if not _patched:
+        return
+    from fastapi import FastAPI
+
+    _unwrap(FastAPI, "__init__")
+    _unwrap(FastAPI, "build_middleware_stack")
+    if _original_enabled is not None:
+        from fastapi.telemetry._asgi import NativeTelemetry
+
+        NativeTelemetry.enabled = _original_enabled  # type: ignore[method-assign]
+        _original_enabled = None
+    _patched = False

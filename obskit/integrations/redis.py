@@ -1,0 +1,107 @@
+"""redis: contrib ``RedisInstrumentor`` (CLIENT span per command / pipeline) plus
+``cache_operation_duration_seconds`` (operation = the command name, ``PIPELINE`` for a pipeline)
+from wrapt wrappers outside the contrib ones, for the sync and asyncio clients."""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from obskit.integrations import _db
+from obskit.integrations.starlette import _unwrap
+
+if TYPE_CHECKING:
+    from obskit._init import Handle
+
+LIBRARIES = ("redis", "opentelemetry.instrumentation.redis")
+
+_instrumentor: Any = None
+_owned = False
+_wrapped: list[tuple[Any, str]] = []
+
+
+def _command(args: Any) -> str:
+    """The command name, upper case; bounded (alphabetic, at most 24 letters) else ``OTHER``."""
+    try:
+        name = args[0]
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        name = str(name).split(" ", 1)[0].upper()
+    except Exception:
+        return _db.OTHER
+    return name if name.isalpha() and len(name) <= 24 else _db.OTHER
+
+
+def _execute_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _db.record_cache("redis", _command(args), perf_counter() - start)
+
+
+async def _execute_command_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _db.record_cache("redis", _command(args), perf_counter() - start)
+
+
+def _pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _db.record_cache("redis", "PIPELINE", perf_counter() - start)
+
+
+async def _pipeline_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    start = perf_counter()
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _db.record_cache("redis", "PIPELINE", perf_counter() - start)
+
+
+def instrument(handle: Handle) -> None:
+    global _instrumentor, _owned
+    _db.cache_duration = handle.catalogue.cache_duration
+    if _instrumentor is not None:
+        return
+    import redis
+    import redis.asyncio.client
+    import redis.client
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    inst = RedisInstrumentor()
+    # Someone else's instrumentation stays theirs: we only undo what we did.
+    _owned = not inst.is_instrumented_by_opentelemetry
+    if _owned:
+        inst.instrument(tracer_provider=handle.tracer_provider)
+    if not hasattr(redis.Redis.__dict__.get("execute_command"), "__wrapped__"):
+        raise RuntimeError("RedisInstrumentor did not patch redis.Redis.execute_command")
+    targets = [
+        (redis.Redis, "execute_command", _execute_command),
+        (redis.client.Pipeline, "execute", _pipeline),
+        (redis.asyncio.client.Redis, "execute_command", _execute_command_async),
+        (redis.asyncio.client.Pipeline, "execute", _pipeline_async),
+    ]
+    for owner, name, wrapper in targets:
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
+        _wrapped.append((owner, name))
+    _instrumentor = inst
+
+
+def uninstrument() -> None:
+    global _instrumentor
+    _db.cache_duration = None
+    if _instrumentor is None:
+        return
+    while _wrapped:
+        _unwrap(*_wrapped.pop())
+    if _owned:
+        _instrumentor.uninstrument()
+    _instrumentor = None
