@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/bench_rabbitmq.py [--messages 3000] [--rounds 4]
 
-Both sides get the same guarantees: persistent messages, publisher confirms, mandatory, the same
-quorum queue (orders.b2c of the obskit topology), manual acks. obskit also records spans (SDK
-tracer provider, batch processor, discarding exporter), metrics and log calls (INFO level, as in
-production). Rounds alternate which side goes first so machine noise hits both. Uses its own
-vhost, deleted at the end. Needs RabbitMQ + management API (OBSKIT_RABBITMQ_*).
+All sides get the same guarantees and broker work: persistent messages, publisher confirms,
+mandatory, the same body, the same quorum queue (orders.b2c of the obskit topology), 100
+publishes in flight, prefetch 100 with manual acks. obskit also records spans (SDK tracer
+provider, batch processor, discarding exporter), metrics and log calls (INFO level, as in
+production) and carries traceparent/baggage headers. It runs twice: every message sampled, and
+10 % sampled (parentbased_traceidratio, 0.1) to show what tracing costs. Rounds rotate which side
+goes first so machine noise hits all. Uses its own vhost, deleted at the end. Needs RabbitMQ +
+management API (OBSKIT_RABBITMQ_*).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import aio_pika
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry
 
 from obskit.rabbitmq import Consumer, Delivery, ManagementClient, Publisher, orders_topology
@@ -123,10 +127,18 @@ async def _fill(url: str, n: int) -> None:
     await _raw_publish(url, n)
 
 
+SIDES = ("raw", "obskit", "obskit10")
+LABELS = {"raw": "raw aio-pika", "obskit": "obskit, all sampled",
+          "obskit10": "obskit, 10% sampled"}
+
+
 async def main(messages: int, rounds: int) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    providers = {}
+    # "obskit10" = OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1.
+    for side, sampler in (("obskit", ALWAYS_ON), ("obskit10", ParentBased(TraceIdRatioBased(0.1)))):
+        providers[side] = TracerProvider(sampler=sampler)
+        providers[side].add_span_processor(BatchSpanProcessor(_Discard()))
     registry = CollectorRegistry()
     vhost = f"obskit-bench-{uuid.uuid4().hex[:6]}"
     url = amqp_url(None, vhost)
@@ -138,48 +150,52 @@ async def main(messages: int, rounds: int) -> None:
                 await orders_topology().declare(conn)
                 queue = await (await conn.channel()).get_queue("orders.b2c")
                 purge: Callable[[], Awaitable[object]] = queue.purge
-                results: dict[str, list[float]] = {k: [] for k in
-                                                   ("pub_raw", "pub_obskit", "con_raw",
-                                                    "con_obskit")}
+                results: dict[str, list[float]] = {f"{op}_{side}": [] for op in ("pub", "con")
+                                                   for side in SIDES}
                 cpu: dict[str, list[float]] = {k: [] for k in results}
                 await _raw_publish(url, 500)  # warm-up
                 await purge()
                 for r in range(rounds):
-                    order = ("raw", "obskit") if r % 2 == 0 else ("obskit", "raw")
+                    # Rotate who goes first so machine noise hits every side alike.
+                    order = SIDES[r % 3:] + SIDES[:r % 3]
                     for side in order:
                         c0 = time.process_time()
                         if side == "raw":
-                            results["pub_raw"].append(await _raw_publish(url, messages))
+                            rate = await _raw_publish(url, messages)
                         else:
-                            results["pub_obskit"].append(
-                                await _obskit_publish(url, messages, provider, registry))
+                            rate = await _obskit_publish(url, messages, providers[side], registry)
                         cpu[f"pub_{side}"].append((time.process_time() - c0) / messages)
+                        results[f"pub_{side}"].append(rate)
                         await purge()
                     for side in order:
                         await _fill(url, messages)
                         c0 = time.process_time()
                         if side == "raw":
-                            results["con_raw"].append(await _raw_consume(url, messages))
+                            rate = await _raw_consume(url, messages)
                         else:
-                            results["con_obskit"].append(
-                                await _obskit_consume(url, messages, provider, registry))
+                            rate = await _obskit_consume(url, messages, providers[side], registry)
                         cpu[f"con_{side}"].append((time.process_time() - c0) / messages)
+                        results[f"con_{side}"].append(rate)
                         await purge()
                     print(f"round {r + 1}/{rounds}: " + "  ".join(
                         f"{k}={v[-1]:,.0f}/s" for k, v in results.items()), flush=True)
         finally:
             await mgmt.delete_vhost(vhost)
-    provider.shutdown()
+    for provider in providers.values():
+        provider.shutdown()
     med = {k: statistics.median(v) for k, v in results.items()}
     us = {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
     print()
-    print(f"{messages} messages x {rounds} rounds, window {WINDOW}; medians")
-    print(f"{'':22}{'raw msgs/s':>12}{'obskit msgs/s':>15}{'ratio':>7}"
-          f"{'raw CPU us/msg':>16}{'obskit CPU us/msg':>19}")
+    print(f"{messages} messages x {rounds} rounds, window {WINDOW}; medians "
+          "(ratio = obskit / raw msgs/s)")
+    print(f"{'':22}{'':22}{'msgs/s':>9}{'ratio':>7}{'CPU us/msg':>12}")
     for label, key in (("publish with confirm", "pub"), ("consume + ack", "con")):
-        raw, ob = med[f"{key}_raw"], med[f"{key}_obskit"]
-        print(f"{label:22}{raw:>12,.0f}{ob:>15,.0f}{ob / raw:>7.2f}"
-              f"{us[f'{key}_raw']:>16.0f}{us[f'{key}_obskit']:>19.0f}")
+        raw = med[f"{key}_raw"]
+        for side in SIDES:
+            k = f"{key}_{side}"
+            print(f"{label:22}{LABELS[side]:22}{med[k]:>9,.0f}{med[k] / raw:>7.2f}"
+                  f"{us[k]:>12.0f}")
+            label = ""
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import time
 import traceback
@@ -14,17 +15,18 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from obskit import propagation
-from obskit._context import current_order
-from obskit.metrics import observe
+from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY
 
 from . import _headers as H
 from ._env import amqp_url
 from ._idempotency import IdempotencyGuard, InFlightElsewhere
+from ._propagation import extract as extract_headers
 from ._telemetry import (
     ATTR_BODY_SIZE,
     ATTR_CONVERSATION_ID,
@@ -40,7 +42,10 @@ from ._telemetry import (
     ATTR_SYSTEM,
     SYSTEM,
     Telemetry,
+    end_span,
+    exemplar_of,
     guarded,
+    report,
     suppressed,
     utc_now_iso,
 )
@@ -156,6 +161,8 @@ class Consumer:
         self._m_acked = m.msg_acked.labels(SYSTEM, q)
         self._m_duration = {o: m.msg_process_duration.labels(SYSTEM, q, o)
                             for o in ("ack", "retry", "dead_letter", "duplicate", "requeue")}
+        self._span_name = f"{q} process"
+        self._log_success = True
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Consumer:
@@ -173,6 +180,9 @@ class Consumer:
         """
         self._stopping = False
         self._stopped.clear()
+        # Per-message success lines are debug: skip building them when debug is off (decided
+        # here, not per message — a level change takes effect at the next start()).
+        self._log_success = _debug_enabled(self._tm.log)
         await self._connect()
         self._supervisor = asyncio.create_task(self._supervise(),
                                                name=f"obskit-consumer-{self.spec.name}")
@@ -298,36 +308,59 @@ class Consumer:
             failed_before = 0
         attempt = failed_before + 1
         mid = message.message_id
-        with guarded():
+        try:
             self._m_consumed.inc()
-        with propagation.attached(headers) as ctx:
-            links: list[Link] = []
-            with guarded():
-                parent = trace.get_current_span(ctx).get_span_context()
-                if parent.is_valid:
-                    links.append(Link(parent))
-            order_id, order_channel = current_order()
-            with tm.tracer.start_as_current_span(
-                f"{spec.name} process", kind=SpanKind.CONSUMER, links=links,
-                attributes={
-                    ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: spec.name,
-                    "messaging.rabbitmq.destination.exchange": message.exchange or "amq.default",
-                    "messaging.rabbitmq.message.redelivered": bool(message.redelivered),
-                    ATTR_SUBSCRIPTION: spec.name, ATTR_OPERATION_TYPE: "process",
-                    ATTR_OPERATION_NAME: "process", ATTR_MESSAGE_ID: mid or "",
-                    ATTR_ROUTING_KEY: message.routing_key or "",
-                    ATTR_DELIVERY_TAG: message.delivery_tag or 0,
-                    ATTR_DELIVERY_COUNT: attempt, ATTR_BODY_SIZE: len(message.body),
-                    **({"order.id": order_id} if order_id else {}),
-                    **({ATTR_CONVERSATION_ID: message.correlation_id}
-                       if message.correlation_id else {}),
-                },
-                record_exception=False, set_status_on_exception=False,
-            ) as span:
-                outcome = await self._run_handler(message, channel, headers, mid, attempt,
-                                                  failed_before, order_id, order_channel, span)
-        with guarded():
-            observe(self._m_duration[outcome], time.perf_counter() - started)
+        except Exception as exc:
+            report(exc)
+        try:
+            ctx = extract_headers(headers)
+        except Exception as exc:
+            report(exc)
+            ctx = Context()
+        links: list[Link] = []
+        order_id = order_channel = None
+        try:
+            parent = trace.get_current_span(ctx).get_span_context()
+            if parent.is_valid:
+                links.append(Link(parent))
+            oid = baggage.get_baggage(ORDER_ID_KEY, ctx)
+            och = baggage.get_baggage(ORDER_CHANNEL_KEY, ctx)
+            order_id = None if oid is None else str(oid)
+            order_channel = None if och is None else str(och)
+        except Exception as exc:
+            report(exc)
+        attributes: dict[str, Any] = {
+            ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: spec.name,
+            "messaging.rabbitmq.destination.exchange": message.exchange or "amq.default",
+            "messaging.rabbitmq.message.redelivered": bool(message.redelivered),
+            ATTR_SUBSCRIPTION: spec.name, ATTR_OPERATION_TYPE: "process",
+            ATTR_OPERATION_NAME: "process", ATTR_MESSAGE_ID: mid or "",
+            ATTR_ROUTING_KEY: message.routing_key or "",
+            ATTR_DELIVERY_TAG: message.delivery_tag or 0,
+            ATTR_DELIVERY_COUNT: attempt, ATTR_BODY_SIZE: len(message.body),
+        }
+        if order_id:
+            attributes["order.id"] = order_id
+        if message.correlation_id:
+            attributes[ATTR_CONVERSATION_ID] = message.correlation_id
+        span = tm.start_span(self._span_name, SpanKind.CONSUMER, attributes, ctx, links)
+        # The sender's context (order baggage) plus our span is current while the handler runs.
+        token = otel_context.attach(trace.set_span_in_context(span, ctx))
+        try:
+            outcome = await self._run_handler(message, channel, headers, mid, attempt,
+                                              failed_before, order_id, order_channel, span)
+        finally:
+            otel_context.detach(token)
+            end_span(span)
+        try:
+            hist = self._m_duration[outcome]
+            ex = exemplar_of(span)
+            if ex is None:
+                hist.observe(time.perf_counter() - started)
+            else:
+                hist.observe(time.perf_counter() - started, ex)
+        except Exception as exc:
+            report(exc)
 
     async def _run_handler(self, message: aio_pika.abc.AbstractIncomingMessage,
                            channel: aio_pika.abc.AbstractChannel | None,
@@ -372,9 +405,12 @@ class Consumer:
         # Ack only after the handler (and the idempotency commit) succeeded.
         if not await _settle(message.ack):
             return "requeue"
-        with guarded():
+        try:
             self._m_acked.inc()
-            tm.log.debug("message processed", **log_fields)
+            if self._log_success:
+                tm.log.debug("message processed", **log_fields)
+        except Exception as exc:
+            report(exc)
         return "ack"
 
     async def _failed(self, message: aio_pika.abc.AbstractIncomingMessage,
@@ -456,6 +492,15 @@ class Consumer:
                     record_stage("dead_lettered", registry=self._registry,
                                  queue=spec.name, error_type=error_type)
         return "retry" if retry else "dead_letter"
+
+
+def _debug_enabled(log: Any) -> bool:
+    try:
+        bound = log.bind()  # structlog's lazy proxy resolves the configured wrapper class
+        check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
+        return True if check is None else bool(check(logging.DEBUG))
+    except Exception:
+        return True
 
 
 async def _settle(fn: Callable[..., Awaitable[Any]], **kwargs: Any) -> bool:

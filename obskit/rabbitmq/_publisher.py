@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -12,15 +12,15 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from obskit import propagation
 from obskit._context import current_order, order_context
-from obskit.metrics import observe
 
 from ._env import amqp_url
+from ._propagation import inject as inject_headers
 from ._telemetry import (
     ATTR_BODY_SIZE,
     ATTR_CONVERSATION_ID,
@@ -35,8 +35,11 @@ from ._telemetry import (
     SYSTEM,
     Telemetry,
     encode_body,
+    end_span,
+    exemplar_of,
     guarded,
-    suppressed,
+    report,
+    suppress_in,
 )
 from .errors import (
     PublishConnectionError,
@@ -142,7 +145,7 @@ class Publisher:
         ``order_id``/``channel`` set the order context for this publish (else the current
         ``order_context`` is used); they travel as W3C baggage in the headers.
         """
-        mid = message_id or uuid.uuid4().hex
+        mid = message_id or os.urandom(16).hex()  # 32 random hex digits, like uuid4().hex
         ctx = order_context(order_id, channel) if order_id is not None else nullcontext()
         with ctx:
             return await self._publish(exchange, routing_key, body, mid, content_type,
@@ -152,37 +155,42 @@ class Publisher:
                        content_type: str | None, headers: Mapping[str, Any] | None,
                        correlation_id: str | None, message_type: str | None,
                        timeout: float | None) -> str:
+        # Hot path: plain try/except instead of guarded(), one context attach for "span is
+        # current" and "generic instrumentation suppressed" (see docs/performance-rabbitmq.md).
         payload, ctype = encode_body(body, content_type)
         tm = self._tm
         m = tm.metrics
         started = time.perf_counter()
         dest = exchange or "amq.default"
         # Names and values match obskit.integrations.aio_pika, so both look alike in Tempo.
-        with tm.tracer.start_as_current_span(
-            f"{dest} publish", kind=SpanKind.PRODUCER,
-            attributes={
-                ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: dest,
-                ATTR_OPERATION_TYPE: "publish", ATTR_OPERATION_NAME: "publish",
-                ATTR_MESSAGE_ID: mid, ATTR_ROUTING_KEY: routing_key,
-                ATTR_BODY_SIZE: len(payload), ATTR_SERVER_ADDRESS: self._server[0],
-                ATTR_SERVER_PORT: self._server[1],
-            },
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            hdrs: dict[str, Any] = dict(headers or {})
-            with guarded():
-                # Inside the span: the consumer's process span becomes its child.
-                propagation.inject(hdrs)
-                if correlation_id:
+        span = tm.start_span(f"{dest} publish", SpanKind.PRODUCER, {
+            ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: dest,
+            ATTR_OPERATION_TYPE: "publish", ATTR_OPERATION_NAME: "publish",
+            ATTR_MESSAGE_ID: mid, ATTR_ROUTING_KEY: routing_key,
+            ATTR_BODY_SIZE: len(payload), ATTR_SERVER_ADDRESS: self._server[0],
+            ATTR_SERVER_PORT: self._server[1],
+        })
+        try:
+            ctx = trace.set_span_in_context(span)
+            hdrs: dict[str, Any] = dict(headers) if headers else {}
+            try:
+                # The publish span is the parent of the consumer's process span.
+                inject_headers(hdrs, span, ctx)
+                if correlation_id and span.is_recording():
                     span.set_attribute(ATTR_CONVERSATION_ID, correlation_id)
+            except Exception as exc:
+                report(exc)
             message = aio_pika.Message(
                 payload, headers=hdrs, content_type=ctype, message_id=mid,
                 correlation_id=correlation_id, type=message_type,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                timestamp=time.time(),
+                timestamp=int(time.time()),  # AMQP timestamps are whole seconds
             )
-            with guarded():
+            try:
                 m.msg_published.labels(SYSTEM, exchange, routing_key).inc()
+            except Exception as exc:
+                report(exc)
+            token = otel_context.attach(suppress_in(ctx))
             try:
                 await self._send(exchange, routing_key, message, mid, timeout)
             except PublishError as exc:
@@ -190,21 +198,33 @@ class Publisher:
                           "nacked" if isinstance(exc, PublishNackedError) else "unconfirmed")
                 with guarded():
                     m.msg_returned.labels(SYSTEM, exchange, routing_key, reason).inc()
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    span.set_attribute("error.type", type(exc).__name__)
+                    if span.is_recording():
+                        span.set_status(Status(StatusCode.ERROR, str(exc)))
+                        span.set_attribute("error.type", type(exc).__name__)
                     order_id, _ = current_order()
                     tm.log.error("publish failed", exchange=exchange, routing_key=routing_key,
                                  message_id=mid, reason=reason, error=str(exc),
                                  order_id=order_id)
                 raise
-            with guarded():
+            finally:
+                otel_context.detach(token)
+            try:
                 m.msg_confirmed.labels(SYSTEM, exchange, routing_key).inc()
-                observe(m.msg_publish_duration.labels(SYSTEM, exchange),
-                        time.perf_counter() - started)
+                hist = m.msg_publish_duration.labels(SYSTEM, exchange)
+                ex = exemplar_of(span)
+                if ex is None:
+                    hist.observe(time.perf_counter() - started)
+                else:
+                    hist.observe(time.perf_counter() - started, ex)
+            except Exception as exc:
+                report(exc)
+        finally:
+            end_span(span)
         return mid
 
     async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message,
                     mid: str, timeout: float | None) -> None:
+        """Runs with generic aio-pika instrumentation suppressed (``_publish`` sets that)."""
         last: BaseException | None = None
         for attempt in range(self.reconnect_attempts + 1):
             if attempt:
@@ -212,9 +232,8 @@ class Publisher:
                 await asyncio.sleep(min(self.reconnect_backoff * 2 ** (attempt - 1), 5.0))
             try:
                 ex = await self._exchange(exchange)
-                with suppressed():
-                    await ex.publish(message, routing_key, mandatory=True,
-                                     timeout=timeout or self.confirm_timeout)
+                await ex.publish(message, routing_key, mandatory=True,
+                                 timeout=timeout or self.confirm_timeout)
                 return
             except aio_pika.exceptions.PublishError as exc:  # basic.return
                 raise UnroutableError(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
+from opentelemetry.context import set_value as _set_value
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
 from prometheus_client import CollectorRegistry
 
 from obskit._internal import internal_error
@@ -56,6 +59,19 @@ class Telemetry:
         self.log = get_logger("obskit.rabbitmq")
         self.service = service_name(tracer_provider)
 
+    def start_span(self, name: str, kind: SpanKind, attributes: Mapping[str, Any],
+                   context: Context | None = None,
+                   links: Sequence[Link] | None = None) -> Span:
+        """A started (not current) span; a non-recording one if the tracer fails.
+
+        A broken tracer provider costs the message its span, never the message.
+        """
+        try:
+            return self.tracer.start_span(name, context, kind, attributes, links)
+        except Exception as exc:
+            _report(exc)
+            return INVALID_SPAN
+
     @staticmethod
     def safe(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -65,11 +81,15 @@ class Telemetry:
             return None
 
 
-def _report(exc: BaseException) -> None:
+def report(exc: BaseException) -> None:
+    """Count and log a telemetry error; never raises (the message matters more)."""
     try:
         internal_error(COMPONENT, exc)
     except Exception:
         pass
+
+
+_report = report
 
 
 @contextmanager
@@ -79,6 +99,26 @@ def guarded() -> Iterator[None]:
         yield
     except Exception as exc:
         _report(exc)
+
+
+def end_span(span: Span) -> None:
+    try:
+        span.end()
+    except Exception as exc:
+        _report(exc)
+
+
+def exemplar_of(span: Span) -> dict[str, str] | None:
+    """``obskit.metrics.exemplar()`` for a span we hold (no context lookup)."""
+    sc = span.get_span_context()
+    if not sc.is_valid or not sc.trace_flags.sampled:
+        return None
+    return {"trace_id": format(sc.trace_id, "032x")}
+
+
+def suppress_in(context: Context) -> Context:
+    """``context`` with generic aio-pika instrumentation switched off (see ``suppressed``)."""
+    return _set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
 
 
 def service_name(tracer_provider: trace.TracerProvider | None = None) -> str:

@@ -1,0 +1,125 @@
+"""``traceparent`` + ``baggage`` headers per message, with a fast path for the default propagator.
+
+With the default ``OTEL_PROPAGATORS`` (W3C trace context + W3C baggage) the generic propagator
+API costs more per message than the whole rest of the header work. When the global propagator
+is exactly that pair, the headers are written and read here directly, producing and accepting
+the same strings; anything unusual (other propagators, ``tracestate``, baggage that needs
+percent-encoding or exceeds the W3C limits) takes the generic ``obskit.propagation`` path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+from urllib.parse import quote_plus
+
+from opentelemetry import baggage, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context, get_value
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from obskit import propagation
+
+# Characters quote_plus() leaves alone and W3C baggage accepts in keys and values unescaped.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+_BAGGAGE_PLAIN = re.compile(
+    r"[A-Za-z0-9_.~-]+=[A-Za-z0-9_.~-]+(?:,[A-Za-z0-9_.~-]+=[A-Za-z0-9_.~-]+)*").fullmatch
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+# Far inside the W3C limits (180 pairs, 4096 bytes a pair, 8192 a header): no entry is dropped.
+_MAX_FAST_BAGGAGE = 4096
+_MAX_FAST_PAIRS = 64
+
+try:  # the context key under which baggage keeps its dict (private; only a cache key here)
+    from opentelemetry.baggage import _BAGGAGE_KEY
+except ImportError:  # pragma: no cover - a future API without it: no caching
+    _BAGGAGE_KEY = None  # type: ignore[assignment]
+
+_default: tuple[object, bool] = (None, False)
+# The last baggage dict encoded and its header: one order's publishes share the dict.
+_last_baggage: tuple[object, str | None] = (None, None)
+
+
+def _is_default() -> bool:
+    """True when the global propagator is OTel's default tracecontext + baggage composite."""
+    global _default
+    textmap = propagate.get_global_textmap()
+    if _default[0] is textmap:
+        return _default[1]
+    inner = getattr(textmap, "_propagators", None)
+    ok = (type(textmap) is CompositePropagator and isinstance(inner, list | tuple)
+          and [type(p) for p in inner] == [TraceContextTextMapPropagator, W3CBaggagePropagator])
+    _default = (textmap, ok)
+    return ok
+
+
+def inject(headers: MutableMapping[str, Any], span: trace.Span, context: Context) -> None:
+    """Write ``span``'s trace context and ``context``'s baggage into ``headers``."""
+    if not _is_default():
+        propagation.inject(headers, context)
+        return
+    sc = span.get_span_context()
+    if sc.trace_state:
+        propagation.inject(headers, context)
+        return
+    if sc.is_valid:
+        headers["traceparent"] = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+    entries = (get_value(_BAGGAGE_KEY, context) if _BAGGAGE_KEY is not None
+               else baggage.get_all(context))
+    if isinstance(entries, Mapping) and entries:
+        value = _encode_baggage(entries)
+        if value is None:
+            W3CBaggagePropagator().inject(headers, context)
+        else:
+            headers["baggage"] = value
+
+
+def _encode_baggage(entries: Mapping[str, object]) -> str | None:
+    global _last_baggage
+    # Baggage dicts are never mutated (set_baggage copies), so identity is a safe cache key.
+    last, header = _last_baggage
+    if last is entries:
+        return header
+    if len(entries) > _MAX_FAST_PAIRS:
+        return None
+    parts = []
+    for k, v in entries.items():
+        k, v = str(k), str(v)
+        parts.append((k if _PLAIN(k) else quote_plus(k)) + "="
+                     + (v if _PLAIN(v) else quote_plus(v)))
+    header = ",".join(parts)
+    if len(header) > _MAX_FAST_BAGGAGE:
+        return None
+    _last_baggage = (entries, header)
+    return header
+
+
+def extract(headers: Mapping[str, Any]) -> Context:
+    """The context (remote parent span + baggage) carried by ``headers``; a fresh context."""
+    if not _is_default() or "tracestate" in headers:
+        return propagation.extract(headers)
+    ctx = Context()
+    tp = headers.get("traceparent")
+    if tp is not None:
+        if isinstance(tp, bytes | bytearray):
+            tp = bytes(tp).decode("ascii", "replace")
+        m = _TRACEPARENT(tp) if isinstance(tp, str) else None
+        if m is None:
+            return propagation.extract(headers)
+        trace_id, span_id = int(m.group(1), 16), int(m.group(2), 16)
+        if trace_id and span_id:
+            ctx = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, span_id, is_remote=True,
+                trace_flags=trace.TraceFlags(int(m.group(3), 16)))), ctx)
+    bg = headers.get("baggage")
+    if bg:
+        if isinstance(bg, bytes | bytearray):
+            bg = bytes(bg).decode("utf-8", "replace")
+        if (not isinstance(bg, str) or len(bg) > _MAX_FAST_BAGGAGE
+                or bg.count(",") >= _MAX_FAST_PAIRS or not _BAGGAGE_PLAIN(bg)):
+            return propagation.extract(headers)
+        for pair in bg.split(","):
+            k, _, v = pair.partition("=")
+            ctx = baggage.set_baggage(k, v, ctx)
+    return ctx
