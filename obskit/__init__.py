@@ -10,7 +10,7 @@
 See docs/ for the configuration table, the metrics catalogue and the integrations.
 """
 
-from obskit._context import add_request_fields, current_order, order_context
+from obskit._context import add_request_fields, current_order, current_request_id, order_context
 from obskit._decorators import traced
 from obskit._init import Handle, get_handle, init, shutdown
 from obskit._logging import get_logger
@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "add_request_fields",
     "current_order",
+    "current_request_id",
     "get_handle",
     "get_logger",
     "init",

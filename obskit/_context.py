@@ -24,6 +24,7 @@ __all__ = [
     "add_request_fields",
     "current_order",
     "current_request",
+    "current_request_id",
     "order_context",
 ]
 
@@ -54,6 +55,12 @@ def begin_request(fields: dict[str, Any]) -> contextvars.Token[dict[str, Any] | 
 
 def end_request(token: contextvars.Token[dict[str, Any] | None]) -> None:
     _request.reset(token)
+
+
+def current_request_id() -> str | None:
+    """The request id of the HTTP request being handled (``X-Request-ID`` or generated)."""
+    req = _request.get()
+    return None if req is None else req.get("request_id")
 
 
 def add_request_fields(**fields: Any) -> None:

@@ -1,10 +1,13 @@
-"""Request id and the orderflow access log: one line per request, whatever its outcome.
+"""Client IP and business fields for the access log: one line per request, whatever its outcome.
 
-The request id comes from ``X-Request-ID`` (if sane) or is generated; it is returned in the
-response, bound to every log line of the request and set on its span. Handlers add business
-fields (partner, channel, order id, outcome) to ``request.state.access``; the line is written
-after the response, so a partner's "my request never arrived" is one query:
-``logger="orderflow.access" partner="acme"`` (or their ``request_id``).
+obskit's server middleware (outermost) owns the request id (``X-Request-ID`` or generated,
+returned in the response, on every log line and on the span) and writes the one
+``obskit.access`` line per request. This middleware resolves the client IP behind trusted
+proxies and lets handlers add business fields (partner, channel, order id, outcome) to
+``request.state.access``; they are added to that line with ``obskit.add_request_fields``, so a
+partner's "my request never arrived" is one query: ``logger="obskit.access" partner="acme"``
+(or their ``request_id``). Without obskit's middleware (instrumentation switched off) it falls
+back to generating the id and writing an ``orderflow.access`` line itself.
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        rid = None
+        rid = obskit.current_request_id()
+        if rid is not None:  # obskit handles the id, the header and the access line
+            await self._with_obskit(scope, receive, send, rid)
+            return
         for k, v in scope.get("headers", ()):
             if k == b"x-request-id":
                 candidate = v.decode("latin-1")
@@ -93,3 +99,15 @@ class RequestContextMiddleware:
             if not scope.get("path", "").startswith(("/metrics", "/healthz")):
                 level = _log.error if status >= 500 else _log.info
                 level("request", **fields)
+
+    async def _with_obskit(self, scope: Scope, receive: Any, send: Any, rid: str) -> None:
+        ip = client_ip(scope, self.trusted_proxies)
+        access: dict[str, Any] = {}
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_ip"] = ip
+        state["access"] = access
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            obskit.add_request_fields(client_ip=ip, **access)
