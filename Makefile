@@ -34,7 +34,7 @@ demo: setup services
 	$(VENV)/bin/orderflow demo --duration 20
 
 lint: setup
-	$(VENV)/bin/ruff check obskit tests
+	$(VENV)/bin/ruff check obskit tests benchmarks examples/orderflow
 	$(VENV)/bin/mypy obskit
 
 bench: setup services

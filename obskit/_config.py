@@ -154,7 +154,8 @@ OPTIONS: tuple[Option, ...] = (
            "`true`: no spans and no OTLP export; logs and metrics keep working."),
     Option("spans_file", "OBSKIT_SPANS_FILE", None, _opt_str,
            "Where spans go when no OTLP endpoint is set: a JSON-lines file, one span per line. "
-           "`-` means stderr, `off` disables it. Default: `<tmpdir>/obskit/<service>.spans.jsonl`."),
+           "`-` means stderr, `off` disables it. "
+           "Default: `<tmpdir>/obskit/<service>.spans.jsonl`."),
     Option("metrics_port", "OBSKIT_METRICS_PORT", None, _opt_int,
            "Serve Prometheus `/metrics` on this port (in a daemon thread). Unset: no server; "
            "mount `obskit.metrics_asgi_app()` / `metrics_wsgi_app()` instead."),
@@ -184,7 +185,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 
 @dataclass(frozen=True)
 class Settings:
-    """Effective configuration, after precedence was applied. ``sources`` says where each came from."""
+    """Effective configuration after precedence; ``sources`` says where each value came from."""
 
     values: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
@@ -239,12 +240,14 @@ def resolve(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = No
         try:
             values[opt.name] = opt.parse(raw)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"obskit: invalid value for {opt.name} (from {where}): {exc}") from None
+            raise ValueError(
+                f"obskit: invalid value for {opt.name} (from {where}): {exc}") from None
         sources[opt.name] = source
     if not values["service_name"]:
         rattr = values["resource_attributes"].get("service.name")
         values["service_name"] = rattr or _default_service_name()
-    if "service.version" in values["resource_attributes"] and sources["service_version"] == "default":
+    if ("service.version" in values["resource_attributes"]
+            and sources["service_version"] == "default"):
         values["service_version"] = values["resource_attributes"]["service.version"]
     arg = values["traces_sampler_arg"]
     if arg is not None and not 0.0 <= arg <= 1.0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import baggage, context, trace
@@ -32,7 +33,7 @@ ORDER_ID_KEY = "order.id"
 ORDER_CHANNEL_KEY = "order.channel"
 
 _extra: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "obskit_order_extra", default={}
+    "obskit_order_extra", default=MappingProxyType({})
 )
 
 

@@ -235,7 +235,8 @@ def flush() -> None:
 _stdlib_handler: logging.Handler | None = None
 
 
-def configure(settings: Settings, logger_provider: Any | None, stream: TextIO | None = None) -> None:
+def configure(settings: Settings, logger_provider: Any | None,
+              stream: TextIO | None = None) -> None:
     global _stdlib_handler
 
     fmt = settings.log_format

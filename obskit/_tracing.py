@@ -260,6 +260,6 @@ def build_logger_provider(settings: Settings, resource: Resource, cat: Catalogue
 
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_log_record_processor(
-        _CountingLogProcessor(BatchLogRecordProcessor(_otlp_log_exporter(settings)), cat)
+        _CountingLogProcessor(BatchLogRecordProcessor(_otlp_log_exporter(settings)), cat)  # type: ignore[arg-type]
     )
     return provider

@@ -62,7 +62,7 @@ def cleanup_dead_workers(path: str | None = None) -> list[int]:
 
 
 def gunicorn_child_exit(server: Any, worker: Any) -> None:
-    """Use as gunicorn's ``child_exit`` hook: ``from obskit.exposition import gunicorn_child_exit``."""
+    """gunicorn's ``child_exit`` hook: ``from obskit.exposition import gunicorn_child_exit``."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -175,7 +175,8 @@ class Catalogue:
             "messaging_publish_duration_seconds", "Publish duration until the broker confirmed.",
             ["system", "exchange"])
         self.msg_consumed = self.counter(
-            "messaging_consumed", "Messages delivered to a consumer, by queue.", ["system", "queue"])
+            "messaging_consumed", "Messages delivered to a consumer, by queue.",
+            ["system", "queue"])
         self.msg_acked = self.counter(
             "messaging_acked", "Messages acknowledged after successful processing.",
             ["system", "queue"])
@@ -250,7 +251,7 @@ class Catalogue:
                                     buckets=buckets), name, labels)
 
     def gauge(self, name: str, doc: str, labels: Sequence[str],
-              multiprocess_mode: str = "livesum") -> Any:
+              multiprocess_mode: Any = "livesum") -> Any:
         self._check(name, labels)
         return self._wrap(Gauge(name, doc, list(labels), registry=self.registry,
                                 multiprocess_mode=multiprocess_mode), name, labels)
@@ -296,7 +297,7 @@ def markdown_table() -> str:
     entries = [("obskit_metrics_series_overflow_total", cat.series_overflow),
                *cat.families.items()]
     for name, fam in sorted(entries):
-        m = getattr(fam, "metric", fam)
+        m: Any = getattr(fam, "metric", fam)
         labels = ", ".join(f"`{lbl}`" for lbl in m._labelnames) or "—"
         rows.append(f"| `{name}` | {m._type} | {labels} | {m._documentation} |")
     return "\n".join(rows)

@@ -85,7 +85,8 @@ class Scrubber:
             for seq in self._multi:
                 n = len(seq)
                 for i in range(len(words) - n + 1):
-                    if tuple(words[i:i + n]) == seq and not (set(words[i + n:]) & _HARMLESS_SUFFIXES):
+                    rest = set(words[i + n:])
+                    if tuple(words[i:i + n]) == seq and not (rest & _HARMLESS_SUFFIXES):
                         result = True
                         break
                 if result:

@@ -21,7 +21,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(code: str, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OBSKIT_RAISE_INTERNAL_ERRORS": "0", **(env or {})}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=full_env, timeout=timeout)

@@ -1,6 +1,5 @@
 """Spans and logs reach a real OTLP receiver over both protocols; logs exactly once."""
 
-import logging
 import os
 import subprocess
 import sys

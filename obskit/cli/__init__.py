@@ -1,4 +1,4 @@
-"""The ``obskit`` command. Each sub-command lives in its own module with ``register(subparsers)``."""
+"""The ``obskit`` command; each sub-command is a module with ``register(subparsers)``."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}")
         return 1
-    report = {
+    report: dict[str, Any] = {
         "configuration": {
             name: {"value": value, "source": settings.sources[name]}
             for name, value in settings.masked().items()

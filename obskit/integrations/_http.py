@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from random import getrandbits as _getrandbits
+from typing import TYPE_CHECKING, Any
 
 from obskit._context import current_order
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from obskit._init import Handle

@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import Procs, _free_port, _ready, wait_for
 
 from obskit.testing import OtlpReceiver
-
-from conftest import Procs, _free_port, _ready, wait_for
 
 ORDER = {"customer_email": "trace@example.com",
          "model": {"name": "bracket.stl", "volume_cm3": 12.5, "material": "PETG",
