@@ -94,7 +94,8 @@ def test_unprintable_order_fails_with_reason(stack, mes_worker) -> None:
 
 def test_sigkill_of_mes_worker_mid_order_loses_nothing(stack, mes_worker) -> None:
     base, dsn = stack["base"], stack["dsn"]
-    slow = mes_worker("mes-slow", stage_delay=3.0, concurrency=8)
+    # Long stages: the kill must land mid-order even on a loaded machine.
+    slow = mes_worker("mes-slow", stage_delay=15.0, concurrency=8)
     ids = [_place_shop(base)["order_id"] for _ in range(4)]
 
     def mid_order() -> bool:
