@@ -67,6 +67,7 @@ class Traffic:
         self.accepted: dict[str, str] = {}  # order_id -> channel
         self.rejected_invalid = 0
         self.rate_limited = 0
+        self.dashboard_reads = 0
         self.errors: list[str] = []
 
     async def send(self, client: httpx.AsyncClient, channel: str, body: dict[str, Any],
@@ -87,9 +88,28 @@ class Traffic:
         else:
             self.errors.append(f"{r.status_code} {r.text[:200]}")
 
+    async def manager(self, client: httpx.AsyncClient, stop: asyncio.Event,
+                      status: str) -> None:
+        """A manager with the MES dashboard open: it polls the summary and one status list."""
+        while not stop.is_set():
+            for path in ("/api/v1/dashboard/summary", f"/api/v1/dashboard/orders?status={status}"):
+                try:
+                    r = await client.get(self.base + path)
+                    if r.status_code == 200:
+                        self.dashboard_reads += 1
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+
     async def run(self, duration: float, rate: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(timeout=30.0) as client:
+            stop = asyncio.Event()
+            managers = [asyncio.create_task(self.manager(client, stop, status))
+                        for status in ("printing", "done")]
             start = time.monotonic()
             i = 0
             next_burst = start + 2.0
@@ -116,6 +136,8 @@ class Traffic:
                 await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
             if tasks:
                 await asyncio.wait(tasks)
+            stop.set()
+            await asyncio.gather(*managers)
 
 
 async def _keys(settings: Settings) -> tuple[str, str]:
@@ -235,6 +257,7 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
         "latency_ms": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
                        "p99": _percentile(latencies, 99)},
         "cache_hit_ratio": cache_ratio,
+        "dashboard_reads": traffic.dashboard_reads,
         "by_channel": {ch: sum(1 for c in traffic.accepted.values() if c == ch)
                        for ch in ("b2c", "b2b")},
         "accepted_per_second": round(len(ids) / send_seconds, 1) if send_seconds else None,
@@ -257,5 +280,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"rejected_invalid  {s['rejected_invalid']}",
         f"rate_limited      {s['rate_limited']}",
         f"latency accept→done  p50 {lat['p50']} ms · p95 {lat['p95']} ms · p99 {lat['p99']} ms",
-        f"cache_hit_ratio   {s['cache_hit_ratio']}",
+        f"cache_hit_ratio   {s['cache_hit_ratio']}   ({s['dashboard_reads']} dashboard reads "
+        "by two managers polling every 0.5 s)",
     ])
