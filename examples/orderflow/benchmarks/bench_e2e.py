@@ -257,9 +257,40 @@ async def scaling(fleet: Fleet, api: str, workers: list[int], n: int, concurrenc
     return results
 
 
-async def readers(base: str, n_readers: int, seconds: float) -> dict[str, Any]:
-    lat: dict[str, list[float]] = {k: [] for k in ENDPOINTS}
-    hits: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+Target = tuple[str, str]  # (label, base URL)
+
+
+def _summarize(lat: dict[str, list[float]], served: dict[str, dict[str, int]]) -> dict[str, Any]:
+    out = {}
+    for name, v in lat.items():
+        n = max(1, len(v))
+        out[name] = {"requests": len(v), "p50_ms": round(statistics.median(v), 2) if v else None,
+                     "p95_ms": round(pct(v, 95), 2),
+                     # served from cache: from this process's copy or Redis ("hit") or the
+                     # previous copy while another reader reloads ("stale")
+                     "hit_ratio": round((served[name].get("hit", 0)
+                                         + served[name].get("stale", 0)) / n, 3),
+                     "x_cache": dict(served[name])}
+    return out
+
+
+def _new_tally() -> tuple[dict[str, list[float]], dict[str, dict[str, int]]]:
+    return {k: [] for k in ENDPOINTS}, {k: {} for k in ENDPOINTS}
+
+
+async def _get(c: httpx.AsyncClient, name: str, lat: dict[str, list[float]],
+               served: dict[str, dict[str, int]]) -> None:
+    t0 = time.perf_counter()
+    r = await c.get(ENDPOINTS[name])
+    lat[name].append((time.perf_counter() - t0) * 1000)
+    r.raise_for_status()
+    how = r.headers.get("x-cache", "?")
+    served[name][how] = served[name].get(how, 0) + 1
+
+
+async def closed_loop(base: str, n_readers: int, seconds: float, tally: Any) -> None:
+    """``n_readers`` readers, each sending its next request when the last one returned: the
+    saturation figure (it measures how many requests the ingress can queue, not a dashboard)."""
     stop_at = time.monotonic() + seconds
 
     async def reader(i: int) -> None:
@@ -267,76 +298,135 @@ async def readers(base: str, n_readers: int, seconds: float) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             j = i
             while time.monotonic() < stop_at:
-                name = names[j % len(names)]
+                await _get(c, names[j % len(names)], *tally)
                 j += 1
-                t0 = time.perf_counter()
-                r = await c.get(ENDPOINTS[name])
-                lat[name].append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
-                hits[name] += r.headers.get("x-cache") == "hit"
 
     await asyncio.gather(*(reader(i) for i in range(n_readers)))
-    return {name: {"requests": len(v), "p50_ms": round(statistics.median(v), 2),
-                   "p95_ms": round(pct(v, 95), 2),
-                   "hit_ratio": round(hits[name] / max(1, len(v)), 3)}
-            for name, v in lat.items()}
 
 
-async def dashboard(fleet: Fleet, api: str, api_nocache: str, rate: float, n_readers: int,
-                    seconds: float, concurrency: int, say: Any) -> dict[str, Any]:
-    # Service time first: one sequential reader, nothing else running.
-    quiet: dict[str, Any] = {}
-    for label, base in (("cached", api), ("uncached", api_nocache)):
+async def open_loop(base: str, n_readers: int, rate: float, seconds: float, tally: Any,
+                    rng: random.Random) -> None:
+    """``n_readers`` dashboards polling at ``rate`` requests/s in total (Poisson arrivals): each
+    request is sent on schedule whether or not the previous one has returned, as independent
+    browsers do, so a slow response does not hide the load behind it."""
+    stop_at = time.monotonic() + seconds
+    names = list(ENDPOINTS)
+
+    async def reader(i: int) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(base_url=base, timeout=30,
+                                     limits=httpx.Limits(max_connections=64)) as c:
+            next_at, j = time.monotonic() + rng.expovariate(rate / n_readers), i
+            while next_at < stop_at:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                task = asyncio.create_task(_get(c, names[j % len(names)], *tally))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                j += 1
+                next_at += rng.expovariate(rate / n_readers)
+            await asyncio.gather(*pending)
+
+    await asyncio.gather(*(reader(i) for i in range(n_readers)))
+
+
+async def interleaved(targets: list[Target], rounds: int, window: float,
+                      run_one: Any) -> dict[str, Any]:
+    """Each target gets ``rounds`` windows of ``window`` s, round-robin, so drifts in the noise
+    of the shared machine hit every target alike."""
+    tallies = {label: _new_tally() for label, _ in targets}
+    for _ in range(rounds):
+        for label, base in targets:
+            await run_one(base, window, tallies[label])
+    return {label: _summarize(*tallies[label]) for label, _ in targets}
+
+
+def _ratios(res: dict[str, Any], cached: str, uncached: str) -> dict[str, Any]:
+    return {name: {q: round(res[uncached][name][f"{q}_ms"] / res[cached][name][f"{q}_ms"], 1)
+                   for q in ("p50", "p95")} for name in ENDPOINTS}
+
+
+def _table(say: Any, res: dict[str, Any], pairs: list[tuple[str, str, str]]) -> None:
+    say(f"    {'endpoint':24} {'cached p50/p95 ms':>19} {'from cache':>10} "
+        f"{'uncached p50/p95 ms':>20} {'x p50':>6} {'x p95':>6}")
+    for title, cached, uncached in pairs:
+        say(f"   [{title}]")
+        x = _ratios(res, cached, uncached)
+        for name in ENDPOINTS:
+            c, u = res[cached][name], res[uncached][name]
+            say(f"    {name:24} {c['p50_ms']:>8.2f} / {c['p95_ms']:<8.2f} {c['hit_ratio']:>9.0%} "
+                f"{u['p50_ms']:>9.2f} / {u['p95_ms']:<8.2f} {x[name]['p50']:>6} "
+                f"{x[name]['p95']:>6}")
+
+
+async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespace,
+                    say: Any) -> dict[str, Any]:
+    """``targets`` come in (cached, uncached) pairs: after, and before if ``--before``."""
+    rng = random.Random(7)
+    pairs = [(targets[i][0].rsplit(" ", 1)[0], targets[i][0], targets[i + 1][0])
+             for i in range(0, len(targets), 2)]
+    for _, base in targets:  # warm up pools and caches
         async with httpx.AsyncClient(base_url=base) as c:
             for path in ENDPOINTS.values():
                 await c.get(path)
-        quiet[label] = await readers(base, 1, seconds / 2)
-    say("  one sequential reader, no orders flowing (p50 ms cached / uncached):")
-    for name in ENDPOINTS:
-        c_, u_ = quiet["cached"][name]["p50_ms"], quiet["uncached"][name]["p50_ms"]
-        say(f"    {name:24} {c_:7.2f} / {u_:7.2f}  = {u_ / c_:5.1f}x")
+    out: dict[str, Any] = {}
+
+    # 1. Service time: one sequential reader, nothing else running.
+    out["quiet_one_reader"] = await interleaved(
+        targets, args.rounds, args.window / 2,
+        lambda base, secs, tally: closed_loop(base, 1, secs, tally))
+    say("  1. one sequential reader, no orders flowing (service time):")
+    _table(say, out["quiet_one_reader"], pairs)
+    # The floor under any cached endpoint: HTTP client + server + instrumentation, no handler work.
+    async with httpx.AsyncClient(base_url=targets[0][1]) as c:
+        floor = []
+        for _ in range(300):
+            t0 = time.perf_counter()
+            (await c.get("/healthz")).raise_for_status()
+            floor.append((time.perf_counter() - t0) * 1000)
+    out["http_floor_ms"] = {"p50": round(statistics.median(floor), 2),
+                            "p95": round(pct(floor, 95), 2)}
+    say(f"    HTTP floor, GET /healthz with the same client: p50 {out['http_floor_ms']['p50']} ms,"
+        f" p95 {out['http_floor_ms']['p95']} ms")
+
     for i in range(2):
-        fleet.start(f"mesd-{i}", "mes", "--concurrency", str(concurrency))
+        fleet.start(f"mesd-{i}", "mes", "--concurrency", str(args.concurrency))
     await wait_consumers(2)
     stop = asyncio.Event()
     sent = 0
 
     async def flow() -> None:  # orders keep arriving while the readers read
         nonlocal sent
-        async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+        async with httpx.AsyncClient(base_url=targets[0][1], timeout=30) as c:
             next_at = time.monotonic()
             while not stop.is_set():
                 await c.post("/api/v1/shop/orders", json=BODY)
                 sent += 1
-                next_at += 1 / rate
+                next_at += 1 / args.rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     flower = asyncio.create_task(flow())
     try:
         await asyncio.sleep(2)  # orders in every stage before measuring
-        out: dict[str, Any] = {}
-        for label, base in (("cached", api), ("uncached", api_nocache)):
-            async with httpx.AsyncClient(base_url=base) as c:  # warm up the pools
-                for path in ENDPOINTS.values():
-                    await c.get(path)
-            out[label] = await readers(base, n_readers, seconds)
+        out["open_loop"] = await interleaved(
+            targets, args.rounds, args.window,
+            lambda base, secs, tally: open_loop(base, args.readers, args.read_rate, secs,
+                                                tally, rng))
+        say(f"  2. MAIN: {args.readers} dashboards polling {args.read_rate:g} req/s in total "
+            f"(open loop) while orders flow at {args.rate:g}/s:")
+        _table(say, out["open_loop"], pairs)
+        out["closed_loop"] = await interleaved(
+            targets, args.rounds, args.window,
+            lambda base, secs, tally: closed_loop(base, args.readers, secs, tally))
+        say(f"  3. saturation: {args.readers} closed-loop readers as fast as answered, orders "
+            f"flowing (CPU queueing in one ingress on {os.cpu_count()} shared cores):")
+        _table(say, out["closed_loop"], pairs)
     finally:
         stop.set()
         await flower
     out["orders_sent_during_reads"] = sent
-    out["quiet_one_reader"] = quiet
-    out["speedup"] = {name: {"p50": round(out["uncached"][name]["p50_ms"]
-                                          / out["cached"][name]["p50_ms"], 1),
-                             "p95": round(out["uncached"][name]["p95_ms"]
-                                          / out["cached"][name]["p95_ms"], 1)}
-                      for name in ENDPOINTS}
-    say(f"  {n_readers} concurrent readers while orders flow:")
-    say(f"  {'endpoint':24} {'cached p50/p95 ms':>20} {'hit':>6} {'uncached p50/p95 ms':>22}"
-        f" {'x p50':>7} {'x p95':>7}")
-    for name in ENDPOINTS:
-        c, u, x = out["cached"][name], out["uncached"][name], out["speedup"][name]
-        say(f"  {name:24} {c['p50_ms']:>9.2f} / {c['p95_ms']:<8.2f} {c['hit_ratio']:>6.0%} "
-            f"{u['p50_ms']:>10.2f} / {u['p95_ms']:<9.2f} {x['p50']:>7} {x['p95']:>7}")
+    out["speedup"] = {model: {title: _ratios(out[model], cached, uncached)
+                              for title, cached, uncached in pairs}
+                      for model in ("quiet_one_reader", "open_loop", "closed_loop")}
     return out
 
 
@@ -359,20 +449,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     fleet = Fleet(env, logdir)
     port, port_nc = free_port(), free_port()
     api, api_nc = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port_nc}"
+    targets: list[Target] = [("after cached", api), ("after uncached", api_nc)]
     result: dict[str, Any] = {
         "config": {"seed_orders": args.seed, "burst_orders": args.orders,
                    "mes_concurrency": args.concurrency, "stage_delay_s": args.stage_delay,
                    "flow_rate": args.rate, "readers": args.readers,
-                   "read_seconds": args.read_seconds, "cpus": os.cpu_count(),
-                   "log_level": args.log_level, "logs": str(logdir)}}
+                   "read_rate": args.read_rate, "rounds": args.rounds,
+                   "window_s": args.window, "before": args.before, "cpus": os.cpu_count(),
+                   "load_average": os.getloadavg(), "log_level": args.log_level,
+                   "logs": str(logdir)}}
     try:
         fleet.start("api", "api", "--port", str(port))
         fleet.start("api-nocache", "api", "--port", str(port_nc),
                     ORDERFLOW_DASHBOARD_CACHE="0")
         fleet.start("relay", "relay")
         fleet.start("status", "status")
-        await wait_http(f"{api}/healthz", fleet)
-        await wait_http(f"{api_nc}/healthz", fleet)
+        if args.before and not args.skip_dashboard:
+            # The same ingress from an older source tree (PYTHONPATH wins over the editable
+            # install), reading the same database and Redis: before/after in one run.
+            old = {"PYTHONPATH": str(Path(args.before).resolve())}
+            for label, extra in (("cached", {}), ("uncached", {"ORDERFLOW_DASHBOARD_CACHE": "0"})):
+                p = free_port()
+                fleet.start(f"api-before-{label}", "api", "--port", str(p), **old, **extra)
+                targets.append((f"before {label}", f"http://127.0.0.1:{p}"))
+        for _, base in targets:
+            await wait_http(f"{base}/healthz", fleet)
         if not args.skip_scaling:
             say(f"MES scaling: bursts of {args.orders} orders, {args.concurrency} concurrent "
                 f"orders per worker, 3 stages x {args.stage_delay} s simulated I/O")
@@ -381,10 +482,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             say("  scaling vs 1 worker: " + ", ".join(
                 f"{k}: {v['scaling']}x" for k, v in result["scaling"].items()))
         if not args.skip_dashboard:
-            say(f"Dashboard at {args.seed:,}+ orders, {args.readers} readers per target, "
-                f"{args.read_seconds:.0f} s each, orders flowing at {args.rate}/s")
-            result["dashboard"] = await dashboard(fleet, api, api_nc, args.rate, args.readers,
-                                                  args.read_seconds, args.concurrency, say)
+            say(f"Dashboard at {args.seed:,}+ orders; targets {', '.join(t for t, _ in targets)}"
+                f"; {args.rounds} interleaved windows of {args.window:g} s per target and load "
+                f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+            result["dashboard"] = await dashboard(fleet, targets, args, say)
+            result["config"]["load_average_after"] = os.getloadavg()
     finally:
         fleet.stop_all()
     say(f"  process logs: {logdir}")
@@ -400,9 +502,17 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=100_000, help="synthetic orders in the database")
     p.add_argument("--rate", type=float, default=20.0, help="orders/s during the dashboard run")
     p.add_argument("--readers", type=int, default=8, help="concurrent dashboard readers")
-    p.add_argument("--read-seconds", type=float, default=10.0)
+    p.add_argument("--read-rate", type=float, default=60.0,
+                   help="open-loop dashboard requests/s, all readers together")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved windows per target")
+    p.add_argument("--window", type=float, default=5.0, help="seconds per window")
+    p.add_argument("--before", metavar="DIR",
+                   help="also measure the ingress of an older orderflow source tree, e.g. "
+                        "git archive HEAD examples/orderflow | tar -x -C /tmp/before; "
+                        "DIR=/tmp/before/examples/orderflow")
     p.add_argument("--log-level", default="WARNING", help="OBSKIT_LOG_LEVEL of the processes")
-    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-scaling", "--dashboard-only", action="store_true",
+                   help="only the dashboard part (~2 min)")
     p.add_argument("--skip-dashboard", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()

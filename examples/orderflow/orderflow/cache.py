@@ -1,54 +1,72 @@
-"""Cache-aside for the MES dashboard, in Redis through cashews.
+"""Cache-aside for the MES dashboard: an in-process tier in front of Redis (through cashews).
 
-Two kinds of entries, as the company's plan asks:
+The cached value is the serialized response body, so a hit is returned as it is: no decoding and
+re-encoding per request. Two kinds of entries, as the company's plan asks:
 
-* **per-status lists** live ``list_ttl`` seconds (60) and are never invalidated: managers accept a
-  list that is up to a minute old, and the DB is spared the reads.
+* **per-status lists** live ``list_ttl`` seconds (60) from the moment they were read from the
+  database, wherever they are held, and are never invalidated: managers accept a list that is up
+  to a minute old, and the DB is spared the reads.
 * **hot views** — the counts (summary) and the newest orders — are dropped on the two triggers, a
   new order and a status change. They are keyed under a *generation* number kept in Redis
-  (``{prefix}:dash:gen``): invalidation is one ``INCR`` that every process sees at once, with no
-  key scan, and a reader that loaded under an old generation stores its (maybe stale) result under
-  a key nobody reads any more. Old generations expire by ``hot_ttl``.
+  (``{prefix}:dash:gen``): invalidation is one ``INCR`` that every process sees, with no key scan,
+  and a reader that loaded under an old generation stores its (maybe stale) result under a key
+  nobody reads any more. Old generations expire by ``hot_ttl``.
 
-Redis down means slower, not broken: every lookup that cannot reach Redis loads from the DB and is
-counted as ``cache_requests_total{result="error"}``. After a failure Redis is skipped for
+Tiers: a lookup first tries this process's copy (a dict: no I/O, no await), then Redis (shared by
+every ingress), then the database. For hot views the process trusts its copy of the generation for
+``generation_poll`` seconds (0.1) before asking Redis again — that is how long another process's
+invalidation can take to show here; an invalidation made by this process shows at once.
+
+Stale-while-revalidate: while one reader reloads an invalidated hot view, the others of this
+process get the previous copy (``X-Cache: stale``) instead of queueing behind the query, if that
+copy was loaded at most ``max_stale`` seconds ago. The reader that triggers the reload waits for
+it, so a reader who caused or follows a change never sees the old version.
+
+Redis down means slower, not broken: a hot-view lookup that cannot reach Redis loads from the DB
+and is counted as ``cache_requests_total{result="error"}``. After a failure Redis is skipped for
 ``retry_after`` seconds (no timeout per request while it is down), and the first successful call
 after an outage bumps the generation, because invalidations sent meanwhile were lost.
-
-cashews gives the Redis client, serialization and key handling; what it lacks is the metrics
-(its decorators hide hit/miss/error, and ``suppress=True`` turns errors into silent misses) and
-generation-based invalidation, which is the small part written here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cashews import Cache
 
 import obskit
 from obskit.metrics import catalogue, observe
 
-T = TypeVar("T")
-Result = Literal["hit", "miss", "error", "bypass"]
+if TYPE_CHECKING:
+    from orderflow.config import Settings
 
-# Read here, not in orderflow.config, only until the lead moves them into ``Settings``.
-ENV_LIST_TTL = "ORDERFLOW_DASHBOARD_LIST_TTL"
-ENV_HOT_TTL = "ORDERFLOW_DASHBOARD_HOT_TTL"
-ENV_ENABLED = "ORDERFLOW_DASHBOARD_CACHE"
-ENV_INVALIDATE_INTERVAL = "ORDERFLOW_DASHBOARD_INVALIDATE_INTERVAL"
+T = TypeVar("T")
+Result = Literal["hit", "stale", "miss", "error", "bypass"]
+Loader = Callable[[], Awaitable[bytes]]
 
 _log = obskit.get_logger("orderflow.cache")
-_MISSING = object()
 _SYSTEM = "redis"
+# Keys under v2 hold "<loaded_at> <body>" bytes; v1 held cashews-JSON dicts. A new namespace lets
+# old and new ingress processes share one Redis during a rolling upgrade.
+_VERSION = "v2"
+# Bounds this process's copies: the views are few (summary, newest, 10 lists) but limit/offset
+# come from the query string.
+LOCAL_ENTRIES = 256
+
+
+@dataclass(slots=True)
+class _Entry:
+    body: bytes
+    loaded_at: float  # time.time() when the database was read; travels with the body in Redis
+    gen: int  # the generation it was loaded under (hot views), -1 for lists
 
 
 class DashboardCache:
-    """Cache-aside with hit/miss/error/latency/invalidation metrics from the obskit catalogue.
+    """Cache-aside with hit/stale/miss/error/latency/invalidation metrics (obskit catalogue).
 
     ``enabled=False`` always loads from the DB (``result`` ``"bypass"``, not counted): the
     benchmark's uncached baseline.
@@ -56,55 +74,68 @@ class DashboardCache:
 
     def __init__(self, redis_url: str, *, prefix: str = "orderflow", list_ttl: float = 60.0,
                  hot_ttl: float = 60.0, enabled: bool = True, timeout: float = 0.5,
-                 retry_after: float = 2.0, min_interval: float = 1.0) -> None:
+                 retry_after: float = 2.0, min_interval: float = 1.0,
+                 generation_poll: float = 0.1, max_stale: float = 5.0) -> None:
         self.prefix = f"{prefix}:dash"
         self.list_ttl = list_ttl
         self.hot_ttl = hot_ttl
         self.enabled = enabled
         self.retry_after = retry_after
         self.min_interval = min_interval
+        self.generation_poll = generation_poll
+        self.max_stale = max_stale
         self._last_invalidation = -1e9
         self._trailing: asyncio.Task[None] | None = None
         self._cache = Cache(name=f"orderflow-dashboard-{id(self)}")
-        # JSON, not pickle: whoever can write Redis must not be able to run code here.
-        self._cache.setup(redis_url, suppress=False, pickle_type="json",
-                          socket_connect_timeout=timeout, socket_timeout=timeout,
-                          client_name="orderflow-dashboard")
+        # Only raw bytes we produced go through Redis (get_raw/set_raw): nothing read from it is
+        # ever unpickled or evaluated.
+        self._cache.setup(redis_url, suppress=False, socket_connect_timeout=timeout,
+                          socket_timeout=timeout, client_name="orderflow-dashboard")
         self._down_until = 0.0
         self._was_down = False
         self._last_warning = 0.0
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._local: dict[str, _Entry] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[bytes, Result]]] = {}
+        self._gen = 0
+        self._gen_at = -1e9  # monotonic start of the lookup that gave ``_gen``
+        self._gen_task: asyncio.Future[int] | None = None
+        self._incrs = 0  # our own INCRs, so a slower lookup cannot roll ``_gen`` back
 
     # --- public -----------------------------------------------------------------------------
-    async def get_or_load(self, name: str, key: str, loader: Callable[[], Awaitable[T]], *,
-                          hot: bool) -> tuple[T, Result]:
-        """The cached value of ``key``, else ``loader()`` stored for next time.
+    async def get_or_load(self, name: str, key: str, loader: Loader, *,
+                          hot: bool) -> tuple[bytes, Result]:
+        """The cached body of ``key``, else ``loader()`` stored for next time.
 
-        ``name`` is the ``cache`` label (bounded: one per view). Returns the value and how it was
+        ``name`` is the ``cache`` label (bounded: one per view). Returns the body and how it was
         served, for the ``X-Cache`` header.
         """
         if not self.enabled:
             return await loader(), "bypass"
-        cat = catalogue()
-        started = time.perf_counter()
-        full_key: str | None = None
-        value: Any = _MISSING
+        requests = catalogue().cache_requests
+        local_key = f"{'hot' if hot else 'list'}:{key}"
+        entry = self._local.get(local_key)
+        now = time.time()
+        if not hot:
+            if entry is not None and now < entry.loaded_at + self.list_ttl:
+                requests.labels(name, "hit").inc()
+                return entry.body, "hit"
+            return await self._fill(name, f"{self.prefix}:{_VERSION}:list:{key}", local_key,
+                                    -1, loader, self.list_ttl)
         try:
-            full_key = await self._key(key, hot)
-            value = await self._call(self._cache.get(full_key, default=_MISSING))
+            gen = await self._generation()
         except Exception as exc:
             self._failed("lookup", exc)
-        finally:
-            observe(cat.cache_duration.labels(_SYSTEM, "lookup"), time.perf_counter() - started)
-        if full_key is None:
-            cat.cache_requests.labels(name, "error").inc()
+            requests.labels(name, "error").inc()
             return await loader(), "error"
-        if value is not _MISSING:
-            cat.cache_requests.labels(name, "hit").inc()
-            return value, "hit"
-        cat.cache_requests.labels(name, "miss").inc()
-        return await self._load_once(full_key, loader, self.hot_ttl if hot else self.list_ttl), \
-            "miss"
+        if entry is not None and entry.gen == gen and now < entry.loaded_at + self.hot_ttl:
+            requests.labels(name, "hit").inc()
+            return entry.body, "hit"
+        full_key = f"{self.prefix}:{_VERSION}:hot:{gen}:{key}"
+        if (entry is not None and full_key in self._inflight
+                and now - entry.loaded_at <= self.max_stale):
+            requests.labels(name, "stale").inc()
+            return entry.body, "stale"
+        return await self._fill(name, full_key, local_key, gen, loader, self.hot_ttl)
 
     async def invalidate(self, trigger: str) -> None:
         """Drop every hot view (counts, newest orders) in all processes. Never raises.
@@ -123,25 +154,6 @@ class DashboardCache:
         elif self._trailing is None:
             self._trailing = asyncio.get_running_loop().create_task(self._later(wait, trigger))
 
-    async def _later(self, wait: float, trigger: str) -> None:
-        try:
-            await asyncio.sleep(wait)
-            self._last_invalidation = time.monotonic()
-        finally:
-            self._trailing = None
-        await self._incr_generation(trigger)
-
-    async def _incr_generation(self, trigger: str) -> None:
-        started = time.perf_counter()
-        try:
-            await self._call(self._cache.incr(self._gen_key, expire=None))
-            catalogue().cache_invalidations.labels("dashboard", trigger).inc()
-        except Exception as exc:
-            self._failed("invalidate", exc)
-        finally:
-            observe(catalogue().cache_duration.labels(_SYSTEM, "invalidate"),
-                    time.perf_counter() - started)
-
     async def close(self) -> None:
         if self._trailing is not None:
             self._trailing.cancel()
@@ -155,11 +167,115 @@ class DashboardCache:
     def _gen_key(self) -> str:
         return f"{self.prefix}:gen"
 
-    async def _key(self, key: str, hot: bool) -> str:
-        if not hot:
-            return f"{self.prefix}:list:{key}"
-        gen = await self._call(self._cache.get(self._gen_key, default=0))
-        return f"{self.prefix}:hot:{gen}:{key}"
+    async def _later(self, wait: float, trigger: str) -> None:
+        try:
+            await asyncio.sleep(wait)
+            self._last_invalidation = time.monotonic()
+        finally:
+            self._trailing = None
+        await self._incr_generation(trigger)
+
+    async def _incr_generation(self, trigger: str) -> None:
+        started = time.perf_counter()
+        try:
+            self._set_gen(await self._call(self._cache.incr(self._gen_key, expire=None)))
+            catalogue().cache_invalidations.labels("dashboard", trigger).inc()
+        except Exception as exc:
+            self._failed("invalidate", exc)
+        finally:
+            observe(catalogue().cache_duration.labels(_SYSTEM, "invalidate"),
+                    time.perf_counter() - started)
+
+    def _set_gen(self, gen: int) -> None:
+        self._incrs += 1
+        self._gen, self._gen_at = int(gen), time.monotonic()
+
+    async def _generation(self) -> int:
+        """The current generation; asks Redis at most once per ``generation_poll`` seconds."""
+        if time.monotonic() - self._gen_at < self.generation_poll:
+            return self._gen
+        if self._gen_task is None:  # one lookup for all the readers that arrive meanwhile
+            self._gen_task = asyncio.ensure_future(self._fetch_generation())
+            self._gen_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._gen_task)
+
+    async def _fetch_generation(self) -> int:
+        incrs, asked_at, started = self._incrs, time.monotonic(), time.perf_counter()
+        try:
+            raw = await self._call(self._cache.get_raw(self._gen_key))
+        finally:
+            self._gen_task = None
+            observe(catalogue().cache_duration.labels(_SYSTEM, "lookup"),
+                    time.perf_counter() - started)
+        if incrs != self._incrs:  # we INCRed meanwhile: ours is newer than what we read
+            return self._gen
+        self._gen, self._gen_at = int(raw or 0), asked_at
+        return self._gen
+
+    async def _fill(self, name: str, full_key: str, local_key: str, gen: int, loader: Loader,
+                    ttl: float) -> tuple[bytes, Result]:
+        # Single flight per process: N readers missing the same key make one Redis lookup and
+        # at most one query, and are counted as whatever that one got.
+        requests = catalogue().cache_requests
+        pending = self._inflight.get(full_key)
+        if pending is not None:
+            body, result = await asyncio.shield(pending)
+            requests.labels(name, result).inc()
+            return body, result
+        fut: asyncio.Future[tuple[bytes, Result]] = asyncio.get_running_loop().create_future()
+        self._inflight[full_key] = fut
+        try:
+            entry, result = await self._redis_or_load(full_key, gen, loader, ttl)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters may be none
+            raise
+        else:
+            fut.set_result((entry.body, result))
+        finally:
+            self._inflight.pop(full_key, None)
+        self._local.pop(local_key, None)
+        if len(self._local) >= LOCAL_ENTRIES:
+            del self._local[next(iter(self._local))]  # the oldest
+        self._local[local_key] = entry
+        requests.labels(name, result).inc()
+        return entry.body, result
+
+    async def _redis_or_load(self, full_key: str, gen: int, loader: Loader,
+                             ttl: float) -> tuple[_Entry, Result]:
+        started = time.perf_counter()
+        raw: bytes | None = None
+        reachable = True
+        try:
+            raw = await self._call(self._cache.get_raw(full_key))
+        except Exception as exc:
+            self._failed("lookup", exc)
+            reachable = False
+        finally:
+            observe(catalogue().cache_duration.labels(_SYSTEM, "lookup"),
+                    time.perf_counter() - started)
+        if raw:
+            head, _, body = raw.partition(b" ")
+            try:
+                loaded_at = float(head)
+            except ValueError:  # not ours: reload and overwrite
+                loaded_at = 0.0
+            if time.time() < loaded_at + ttl:
+                return _Entry(body, loaded_at, gen), "hit"
+        loaded_at = time.time()  # before the query: the TTL never outlives the data's age
+        entry = _Entry(await loader(), loaded_at, gen)
+        if not reachable:
+            return entry, "error"
+        started = time.perf_counter()
+        try:
+            await self._call(self._cache.set_raw(
+                full_key, b"%.3f %b" % (loaded_at, entry.body), px=max(1, int(ttl * 1000))))
+        except Exception as exc:
+            self._failed("store", exc)
+        finally:
+            observe(catalogue().cache_duration.labels(_SYSTEM, "store"),
+                    time.perf_counter() - started)
+        return entry, "miss"
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         if time.monotonic() < self._down_until:
@@ -170,7 +286,7 @@ class DashboardCache:
         if self._was_down:
             # Invalidations sent while Redis was unreachable are lost: drop all hot views now.
             self._was_down = False
-            await self._cache.incr(self._gen_key, expire=None)
+            self._set_gen(await self._cache.incr(self._gen_key, expire=None))
             catalogue().cache_invalidations.labels("dashboard", "redis_recovered").inc()
         return result
 
@@ -184,46 +300,15 @@ class DashboardCache:
             _log.warning("dashboard cache unavailable, reading from the database",
                          operation=operation, error=repr(exc))
 
-    async def _load_once(self, full_key: str, loader: Callable[[], Awaitable[T]],
-                         ttl: float) -> T:
-        # Single flight per process: N readers missing the same key run one query, not N.
-        pending = self._inflight.get(full_key)
-        if pending is not None:
-            return await asyncio.shield(pending)  # type: ignore[no-any-return]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[full_key] = fut
-        try:
-            value = await loader()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters may be none
-            raise
-        else:
-            fut.set_result(value)
-        finally:
-            self._inflight.pop(full_key, None)
-        started = time.perf_counter()
-        try:
-            await self._call(self._cache.set(full_key, value, expire=ttl))
-        except Exception as exc:
-            self._failed("store", exc)
-        finally:
-            observe(catalogue().cache_duration.labels(_SYSTEM, "store"),
-                    time.perf_counter() - started)
-        return value
 
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
-def from_settings(redis_url: str, prefix: str = "orderflow") -> DashboardCache:
-    """A cache configured from ``ORDERFLOW_DASHBOARD_*`` (TTLs in seconds, ``CACHE=0`` disables)."""
-    enabled = os.environ.get(ENV_ENABLED, "1").strip().lower() not in {"0", "false", "off", "no"}
-    return DashboardCache(redis_url, prefix=prefix, list_ttl=_env_float(ENV_LIST_TTL, 60.0),
-                          hot_ttl=_env_float(ENV_HOT_TTL, 60.0), enabled=enabled,
-                          min_interval=_env_float(ENV_INVALIDATE_INTERVAL, 1.0))
+def from_settings(settings: Settings) -> DashboardCache:
+    """A cache configured from ``Settings`` (the ``ORDERFLOW_DASHBOARD_*`` variables)."""
+    return DashboardCache(settings.redis_url, prefix=settings.redis_prefix,
+                          list_ttl=settings.dashboard_list_ttl,
+                          hot_ttl=settings.dashboard_hot_ttl, enabled=settings.dashboard_cache,
+                          min_interval=settings.dashboard_invalidate_interval,
+                          generation_poll=settings.dashboard_generation_poll,
+                          max_stale=settings.dashboard_max_stale)
 
 
 # --- the process-wide cache the event hooks invalidate ---------------------------------------
@@ -236,8 +321,7 @@ def default_cache() -> DashboardCache:
     if _default is None:
         from orderflow import config
 
-        settings = config.load()
-        _default = from_settings(settings.redis_url, settings.redis_prefix)
+        _default = from_settings(config.load())
     return _default
 
 

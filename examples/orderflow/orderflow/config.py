@@ -20,6 +20,12 @@ ENV_RETRY_DELAYS = "ORDERFLOW_RETRY_DELAYS"
 ENV_PUBLIC_URL = "ORDERFLOW_PUBLIC_URL"
 ENV_TRUSTED_PROXIES = "ORDERFLOW_TRUSTED_PROXIES"
 ENV_REDIS_PREFIX = "ORDERFLOW_REDIS_PREFIX"
+ENV_DASHBOARD_CACHE = "ORDERFLOW_DASHBOARD_CACHE"
+ENV_DASHBOARD_LIST_TTL = "ORDERFLOW_DASHBOARD_LIST_TTL"
+ENV_DASHBOARD_HOT_TTL = "ORDERFLOW_DASHBOARD_HOT_TTL"
+ENV_DASHBOARD_INVALIDATE_INTERVAL = "ORDERFLOW_DASHBOARD_INVALIDATE_INTERVAL"
+ENV_DASHBOARD_GENERATION_POLL = "ORDERFLOW_DASHBOARD_GENERATION_POLL"
+ENV_DASHBOARD_MAX_STALE = "ORDERFLOW_DASHBOARD_MAX_STALE"
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orderflow"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -29,6 +35,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return value if value else default
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in {"0", "false", "off", "no"}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -73,6 +84,31 @@ class Settings:
         x.strip() for x in _env(ENV_TRUSTED_PROXIES, "").split(",") if x.strip()))
     #: ``ORDERFLOW_REDIS_PREFIX``: prefix of every Redis key orderflow writes (rate limits, ...).
     redis_prefix: str = field(default_factory=lambda: _env(ENV_REDIS_PREFIX, "orderflow"))
+
+    #: ``ORDERFLOW_DASHBOARD_CACHE``: ``0`` turns the dashboard cache off (every read hits the
+    #: database; the benchmark's uncached baseline). Default on.
+    dashboard_cache: bool = field(default_factory=lambda: _flag(ENV_DASHBOARD_CACHE, True))
+    #: ``ORDERFLOW_DASHBOARD_LIST_TTL``: seconds a per-status list lives (60); never invalidated.
+    dashboard_list_ttl: float = field(
+        default_factory=lambda: float(_env(ENV_DASHBOARD_LIST_TTL, "60")))
+    #: ``ORDERFLOW_DASHBOARD_HOT_TTL``: upper bound in seconds on the life of the summary and the
+    #: newest orders (60); they are dropped earlier by every new order or status change.
+    dashboard_hot_ttl: float = field(
+        default_factory=lambda: float(_env(ENV_DASHBOARD_HOT_TTL, "60")))
+    #: ``ORDERFLOW_DASHBOARD_INVALIDATE_INTERVAL``: at most one invalidation per this many
+    #: seconds per process (1.0); a burst of triggers is folded into one more at its end.
+    dashboard_invalidate_interval: float = field(
+        default_factory=lambda: float(_env(ENV_DASHBOARD_INVALIDATE_INTERVAL, "1.0")))
+    #: ``ORDERFLOW_DASHBOARD_GENERATION_POLL``: seconds an ingress trusts its copy of the
+    #: invalidation counter before asking Redis again (0.1); another process's invalidation shows
+    #: here at most this much later. ``0`` asks on every request.
+    dashboard_generation_poll: float = field(
+        default_factory=lambda: float(_env(ENV_DASHBOARD_GENERATION_POLL, "0.1")))
+    #: ``ORDERFLOW_DASHBOARD_MAX_STALE``: while one reader reloads an invalidated view, others
+    #: get the previous copy if it was loaded at most this many seconds ago (5.0); ``0`` makes
+    #: them wait for the reload.
+    dashboard_max_stale: float = field(
+        default_factory=lambda: float(_env(ENV_DASHBOARD_MAX_STALE, "5.0")))
 
     def __post_init__(self) -> None:
         if not self.read_database_url:

@@ -95,6 +95,13 @@ END $$;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION orderflow_outbox_notify();
 """),
+    # The dashboard's throughput chart counts done/failed per 30 s over the last 15 minutes;
+    # without this it scans the whole history (13 ms at 100k orders, growing), with it it reads
+    # the few hundred rows in the window (0.4 ms). Not CONCURRENTLY: migrations run in a
+    # transaction; on a large live table create it CONCURRENTLY by hand first (IF NOT EXISTS).
+    (2, """
+CREATE INDEX IF NOT EXISTS order_status_history_status_at ON order_status_history (status, at);
+"""),
 ]
 
 

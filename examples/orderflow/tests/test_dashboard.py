@@ -236,29 +236,131 @@ async def test_invalidation_from_another_process_is_seen(
     try:
         assert (await client.get("/api/v1/dashboard/summary")).json()["total"] == 0  # cached
         await other.invalidate("order_created")
+        # This process trusts its copy of the generation for generation_poll s (the stated bound).
+        await asyncio.sleep(cache.generation_poll + 0.05)
         assert (await client.get("/api/v1/dashboard/summary")).json()["total"] == 1
     finally:
         await other.close()
+
+
+async def test_a_hit_makes_no_redis_round_trip_and_sends_the_stored_body(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool,
+        cache: dcache.DashboardCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    await insert_order(pool)
+    cache.generation_poll = 60.0  # so the generation is not due for a re-check in this test
+    first = await client.get("/api/v1/dashboard/summary")
+    calls = 0
+    real = cache._cache.get_raw
+
+    async def counting(key: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(key)
+
+    monkeypatch.setattr(cache._cache, "get_raw", counting)
+    again = [await client.get("/api/v1/dashboard/summary") for _ in range(3)]
+    assert [r.headers["x-cache"] for r in again] == ["hit"] * 3
+    assert calls == 0
+    assert all(r.content == first.content for r in again)
+    assert again[0].headers["content-type"] == "application/json"
+
+
+async def test_another_ingress_fills_from_redis_and_keeps_the_list_ttl(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool,
+        cache: dcache.DashboardCache) -> None:
+    order_id = await insert_order(pool)
+    url = "/api/v1/dashboard/orders?status=accepted"
+    assert (await client.get(url)).headers["x-cache"] == "miss"
+    await asyncio.sleep(cache.list_ttl / 2)
+    # A second ingress (its own in-process tier) on the same Redis.
+    other = dcache.DashboardCache(REDIS_URL, prefix=cache.prefix.removesuffix(":dash"),
+                                  list_ttl=cache.list_ttl)
+    app = dashboard_app(pool)
+    app.state.dashboard_cache = other
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://dash2") as c2:
+            r = await c2.get(url)
+            assert r.headers["x-cache"] == "hit"  # from Redis, no query
+            assert [o["order_id"] for o in r.json()["orders"]] == [order_id]
+            await change_status(pool, order_id, "priced")
+            # Its copy expires when the first load does, not list_ttl after it was copied.
+            await asyncio.sleep(cache.list_ttl / 2 + 0.2)
+            fresh = await c2.get(url)
+            assert fresh.headers["x-cache"] == "miss" and fresh.json()["orders"] == []
+    finally:
+        await other.close()
+
+
+async def test_readers_get_the_previous_copy_while_one_reloads() -> None:
+    release = asyncio.Event()
+    loads = 0
+
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            await release.wait()  # a slow reload
+        return b"v%d" % loads
+
+    async for c in _make_cache(REDIS_URL, max_stale=5.0):
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v1", "miss")
+        stale = count("dashboard_summary", "stale")
+        await c.invalidate("order_created")
+        reloader = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
+        await asyncio.sleep(0.05)
+        assert not reloader.done()  # the reader that triggered the reload waits for it...
+        others = [await asyncio.wait_for(
+            c.get_or_load("dashboard_summary", "k", load, hot=True), 1.0) for _ in range(3)]
+        assert others == [(b"v1", "stale")] * 3  # ...the others get the previous copy at once
+        assert count("dashboard_summary", "stale") == stale + 3
+        release.set()
+        assert await reloader == (b"v2", "miss")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v2", "hit")
+        assert loads == 2
+
+
+async def test_no_stale_copy_older_than_max_stale() -> None:
+    release = asyncio.Event()
+
+    async def load() -> bytes:
+        await release.wait()
+        return b"new"
+
+    async def first() -> bytes:
+        return b"old"
+
+    async for c in _make_cache(REDIS_URL, max_stale=0.2):
+        await c.get_or_load("dashboard_summary", "k", first, hot=True)
+        await asyncio.sleep(0.3)  # the copy is now older than max_stale
+        await c.invalidate("order_created")
+        reloader = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # waits for the reload instead of getting "old"
+        release.set()
+        assert await waiter == (b"new", "miss") and await reloader == (b"new", "miss")
 
 
 async def test_bursts_of_triggers_fold_into_two_invalidations() -> None:
     async for c in _make_cache(REDIS_URL, min_interval=0.3):
         loads = 0
 
-        async def load() -> int:
+        async def load() -> bytes:
             nonlocal loads
             loads += 1
-            return loads
+            return b"%d" % loads
 
-        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (1, "miss")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"1", "miss")
         await c.invalidate("order_created")  # acts at once
-        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "miss")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"2", "miss")
         for _ in range(20):  # a burst of status changes within the interval...
             await c.invalidate("status_changed")
-        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "hit")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"2", "hit")
         await asyncio.sleep(0.45)  # ...is one more invalidation at its end
-        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (3, "miss")
-        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (3, "hit")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"3", "miss")
+        assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"3", "hit")
 
 
 async def test_redis_down_still_answers_from_the_database(pool: AsyncConnectionPool) -> None:
@@ -285,29 +387,29 @@ async def test_redis_down_still_answers_from_the_database(pool: AsyncConnectionP
 async def test_concurrent_misses_run_one_query(cache: dcache.DashboardCache) -> None:
     calls = 0
 
-    async def load() -> dict[str, int]:
+    async def load() -> bytes:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
-        return {"n": 1}
+        return b'{"n":1}'
 
     results = await asyncio.gather(*(cache.get_or_load("dashboard_summary", "k", load, hot=True)
                                      for _ in range(10)))
     assert calls == 1
-    assert all(value == {"n": 1} for value, _ in results)
+    assert results == [(b'{"n":1}', "miss")] * 10
 
 
 async def test_disabled_cache_always_reads_the_database(pool: AsyncConnectionPool) -> None:
     async for off in _make_cache(REDIS_URL, enabled=False):
         calls = 0
 
-        async def load() -> int:
+        async def load() -> bytes:
             nonlocal calls
             calls += 1
-            return calls
+            return b"%d" % calls
 
-        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (1, "bypass")
-        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (2, "bypass")
+        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (b"1", "bypass")
+        assert await off.get_or_load("dashboard_summary", "k", load, hot=True) == (b"2", "bypass")
 
 
 async def test_paging_and_bad_status(client: httpx.AsyncClient, pool: AsyncConnectionPool

@@ -10,7 +10,8 @@ references, only what a production manager needs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
@@ -50,6 +51,24 @@ def register_hooks() -> None:
 def _cache(request: Request) -> dcache.DashboardCache:
     # app.state wins so tests and the benchmark can run a cache of their own beside the default.
     return getattr(request.app.state, "dashboard_cache", None) or dcache.default_cache()
+
+
+def _body(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+async def _respond(request: Request, name: str, key: str,
+                   load: Callable[[], Awaitable[dict[str, Any]]], *, hot: bool) -> Response:
+    # The cache holds the response body: a hit is sent as stored, never decoded and re-encoded.
+    # The uncached path (cache off) serializes the same way, so the comparison is like for like.
+    async def loader() -> bytes:
+        return _body(await load())
+
+    body, result = await _cache(request).get_or_load(name, key, loader, hot=hot)
+    return Response(body, media_type="application/json", headers={"X-Cache": result})
+
+
+_JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -111,24 +130,22 @@ async def _summary(conn: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/api/v1/dashboard/summary")
-async def summary(request: Request, response: Response) -> dict[str, Any]:
+@router.get("/api/v1/dashboard/summary", response_class=Response, responses=_JSON)
+async def summary(request: Request) -> Response:
     """Counts by status, the newest orders and throughput (accepted/done/failed per 30 s).
 
     Cached until the next new order or status change.
     """
-    value, result = await _cache(request).get_or_load(
-        "dashboard_summary", "summary", lambda: _load_summary(request), hot=True)
-    response.headers["X-Cache"] = result
-    return value
+    return await _respond(request, "dashboard_summary", "summary",
+                          lambda: _load_summary(request), hot=True)
 
 
-@router.get("/api/v1/dashboard/orders")
-async def orders(request: Request, response: Response,
+@router.get("/api/v1/dashboard/orders", response_class=Response, responses=_JSON)
+async def orders(request: Request,
                  status: str | None = Query(None, description="One of the order statuses; "
                                             "omitted: the newest orders of any status."),
                  limit: int = Query(50, ge=1, le=200),
-                 offset: int = Query(0, ge=0, le=10_000)) -> dict[str, Any]:
+                 offset: int = Query(0, ge=0, le=10_000)) -> Response:
     """Orders of one status, newest first (cached 60 s), or the newest orders of any status
     (cached until the next new order or status change)."""
     if status is not None and status not in STATUSES:
@@ -156,13 +173,10 @@ async def orders(request: Request, response: Response,
                 "generated_at": datetime.now().astimezone().isoformat()}
 
     if status is None:
-        value, result = await _cache(request).get_or_load(
-            "dashboard_newest", f"newest:{limit}:{offset}", load, hot=True)
-    else:
-        value, result = await _cache(request).get_or_load(
-            "dashboard_orders", f"{status}:{limit}:{offset}", load, hot=False)
-    response.headers["X-Cache"] = result
-    return value
+        return await _respond(request, "dashboard_newest", f"newest:{limit}:{offset}", load,
+                              hot=True)
+    return await _respond(request, "dashboard_orders", f"{status}:{limit}:{offset}", load,
+                          hot=False)
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
