@@ -432,8 +432,9 @@ def get_logger(name: str | None = None, **initial_values: Any) -> Any:
     return structlog.get_logger(**{_NAME_KEY: name}, **initial_values)
 
 
-# structlog.get_logger() reserves the keyword `logger`, so the name is bound under this key.
-_NAME_KEY = "_obskit_logger"
+# structlog.get_logger() reserves the keyword `logger`, so the name is bound under this key
+# (and reads naturally where obskit.init() never ran and structlog prints its defaults).
+_NAME_KEY = "logger_name"
 
 
 def _add_logger_name(logger: Any, method_name: str, event_dict: Any) -> Any:
@@ -441,5 +442,6 @@ def _add_logger_name(logger: Any, method_name: str, event_dict: Any) -> Any:
     if record is not None:
         event_dict["logger"] = record.name
     else:
-        event_dict["logger"] = event_dict.pop(_NAME_KEY, None) or "app"
+        name = event_dict.pop(_NAME_KEY, None)
+        event_dict["logger"] = name or event_dict.get("logger") or "app"
     return event_dict
