@@ -26,21 +26,23 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from obskit import propagation
 from obskit._internal import internal_error
+from obskit._semconv import (  # noqa: F401 - re-exported for the integrations
+    ATTR_BODY_SIZE,
+    ATTR_CONVERSATION_ID,
+    ATTR_DELIVERY_TAG,
+    ATTR_DESTINATION,
+    ATTR_MESSAGE_ID,
+    ATTR_OPERATION_NAME,
+    ATTR_OPERATION_TYPE,
+    ATTR_REDELIVERED,
+    ATTR_ROUTING_KEY,
+    ATTR_SUBSCRIPTION,
+    ATTR_SYSTEM,
+    DEFAULT_EXCHANGE,
+    MESSAGING_SYSTEM_RABBITMQ,
+)
 
-SYSTEM = "rabbitmq"
-DEFAULT_EXCHANGE = "amq.default"
-
-ATTR_SYSTEM = "messaging.system"
-ATTR_DESTINATION = "messaging.destination.name"
-ATTR_SUBSCRIPTION = "messaging.destination.subscription.name"
-ATTR_OPERATION_TYPE = "messaging.operation.type"
-ATTR_OPERATION_NAME = "messaging.operation.name"
-ATTR_MESSAGE_ID = "messaging.message.id"
-ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
-ATTR_BODY_SIZE = "messaging.message.body.size"
-ATTR_ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
-ATTR_DELIVERY_TAG = "messaging.rabbitmq.message.delivery_tag"
-ATTR_REDELIVERED = "messaging.rabbitmq.message.redelivered"
+SYSTEM = MESSAGING_SYSTEM_RABBITMQ
 
 #: ``outcome`` label of ``messaging_process_duration_seconds`` for raw-client deliveries.
 OUTCOMES = ("ack", "requeue", "reject", "error", "auto_ack", "unsettled")

@@ -15,26 +15,27 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
 from prometheus_client import CollectorRegistry
 
 from obskit._internal import internal_error
+from obskit._semconv import (  # noqa: F401 - re-exported for this package
+    ATTR_BODY_SIZE,
+    ATTR_CONVERSATION_ID,
+    ATTR_DELIVERY_COUNT,
+    ATTR_DELIVERY_TAG,
+    ATTR_DESTINATION,
+    ATTR_ERROR_TYPE,
+    ATTR_MESSAGE_ID,
+    ATTR_OPERATION_NAME,
+    ATTR_OPERATION_TYPE,
+    ATTR_ROUTING_KEY,
+    ATTR_SERVER_ADDRESS,
+    ATTR_SERVER_PORT,
+    ATTR_SUBSCRIPTION,
+    ATTR_SYSTEM,
+    MESSAGING_SYSTEM_RABBITMQ,
+)
 from obskit.metrics import Catalogue, catalogue
 
-SYSTEM = "rabbitmq"
+SYSTEM = MESSAGING_SYSTEM_RABBITMQ
 COMPONENT = "rabbitmq"
-
-# OTel messaging semantic conventions (v1.27+ names).
-ATTR_SYSTEM = "messaging.system"
-ATTR_DESTINATION = "messaging.destination.name"
-ATTR_SUBSCRIPTION = "messaging.destination.subscription.name"
-ATTR_OPERATION_TYPE = "messaging.operation.type"
-ATTR_OPERATION_NAME = "messaging.operation.name"
-ATTR_MESSAGE_ID = "messaging.message.id"
-ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
-ATTR_BODY_SIZE = "messaging.message.body.size"
-ATTR_ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
-ATTR_DELIVERY_TAG = "messaging.rabbitmq.message.delivery_tag"
-ATTR_DELIVERY_COUNT = "messaging.message.delivery_count"  # obskit: handler attempt, 1-based
-ATTR_SERVER_ADDRESS = "server.address"
-ATTR_SERVER_PORT = "server.port"
-ATTR_ERROR_TYPE = "error.type"
 
 
 def get_logger(name: str) -> Any:
