@@ -46,18 +46,18 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="messages grouped by error type (they stay in the queue)")
-    p.add_argument("queue")
+    p.add_argument("queue", help="the DLQ (orders.b2c.dlq) or the queue it serves (orders.b2c)")
     p.add_argument("--limit", type=_positive, default=50, help="messages to read (default 50)")
     p.add_argument("--json", action="store_true")
     add_connection_args(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("replay", help="send messages back to the queue they failed in")
-    p.add_argument("queue")
-    which = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("queue", help="the DLQ (orders.b2c.dlq) or the queue it serves (orders.b2c)")
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--limit", type=_positive, help="replay the oldest N messages")
     which.add_argument("--all", action="store_true",
-                       help="replay every message present when the command starts")
+                       help="replay every message present when the command starts (default)")
     which.add_argument("--message-id", help="replay the message with this id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_connection_args(p)
@@ -70,6 +70,11 @@ def register(subparsers: Any) -> None:
                    help="allow purging a queue whose name does not end in .dlq")
     add_connection_args(p)
     p.set_defaults(func=cmd_purge)
+
+
+def _as_dlq(queue: str) -> str:
+    """``orders.b2c`` means its DLQ ``orders.b2c.dlq`` for show and replay."""
+    return queue if queue.endswith(".dlq") else queue + ".dlq"
 
 
 def _positive(value: str) -> int:
@@ -117,6 +122,7 @@ async def _list(args: argparse.Namespace) -> int:
 
 # --- show ------------------------------------------------------------------------------------
 def cmd_show(args: argparse.Namespace) -> int:
+    args.queue = _as_dlq(args.queue)
     return _run(_show(args))
 
 
@@ -157,6 +163,7 @@ def _line(x: DeadLetter) -> str:
 
 # --- replay ----------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> int:
+    args.queue = _as_dlq(args.queue)
     return _run(_replay(args))
 
 

@@ -104,6 +104,12 @@ async def test_replay_by_message_id_and_limit(url, vhost, mgmt, topology, capsys
     assert rc == 0 and "replayed 2" in out and "msg" in err  # tqdm progress on stderr
     assert await queue_depth(mgmt, vhost, "orders.b2c.dlq") == 1
     assert await queue_depth(mgmt, vhost, "orders.b2c") == 2
+    # no selector means all; the source queue's name stands for its DLQ
+    rc, out, _ = await asyncio.to_thread(
+        _run, capsys, "dlq", "replay", "orders.b2c", "--vhost", vhost, "--no-progress")
+    assert rc == 0 and "replayed 1" in out and "orders.b2c.dlq" in out
+    assert await queue_depth(mgmt, vhost, "orders.b2c.dlq") == 0
+    assert await queue_depth(mgmt, vhost, "orders.b2c") == 3
 
 
 async def test_interrupted_replay_loses_and_duplicates_nothing(url, vhost, mgmt, topology):
