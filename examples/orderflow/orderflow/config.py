@@ -15,6 +15,7 @@ ENV_REDIS_URL = "ORDERFLOW_REDIS_URL"
 ENV_RATE_LIMIT_B2C = "ORDERFLOW_RATE_LIMIT_B2C"
 ENV_RATE_LIMIT_B2B = "ORDERFLOW_RATE_LIMIT_B2B"
 ENV_RATE_LIMIT_B2B_IP = "ORDERFLOW_RATE_LIMIT_B2B_IP"
+ENV_RATE_LIMIT_STATUS = "ORDERFLOW_RATE_LIMIT_STATUS"
 ENV_MES_STAGE_DELAY = "ORDERFLOW_MES_STAGE_DELAY"
 ENV_RETRY_DELAYS = "ORDERFLOW_RETRY_DELAYS"
 ENV_PUBLIC_URL = "ORDERFLOW_PUBLIC_URL"
@@ -69,6 +70,10 @@ class Settings:
     #: guessing and one client behind many keys).
     rate_limit_b2b_ip: str = field(
         default_factory=lambda: _env(ENV_RATE_LIMIT_B2B_IP, "200/second"))
+    #: ``ORDERFLOW_RATE_LIMIT_STATUS``: per client IP on order-status reads (API and page), so
+    #: tokens and order ids cannot be guessed at speed.
+    rate_limit_status: str = field(
+        default_factory=lambda: _env(ENV_RATE_LIMIT_STATUS, "20/second;600/minute"))
     #: ``ORDERFLOW_MES_STAGE_DELAY``: seconds each simulated production stage takes (tests: tiny).
     mes_stage_delay: float = field(
         default_factory=lambda: float(_env(ENV_MES_STAGE_DELAY, "0.2")))

@@ -61,6 +61,7 @@ def env() -> Iterator[dict[str, str]]:
         "ORDERFLOW_RATE_LIMIT_B2C": "10/second",
         "ORDERFLOW_RATE_LIMIT_B2B": "100/second",
         "ORDERFLOW_RATE_LIMIT_B2B_IP": "1000/second",
+        "ORDERFLOW_RATE_LIMIT_STATUS": "10/second",
         "OTEL_SDK_DISABLED": "true",
         "OBSKIT_LOG_LEVEL": "WARNING",
     }

@@ -143,6 +143,27 @@ def test_shop_rate_limit_is_per_client_ip(stack) -> None:
     assert r.status_code == 202
 
 
+def test_status_reads_are_rate_limited_per_client_ip(stack) -> None:
+    base = stack["base"]
+    placed = httpx.post(base + "/api/v1/shop/orders", json=order_body(),
+                        headers={"X-Forwarded-For": new_ip()}).json()
+    url = base + placed["status_url"]
+    ip = new_ip()
+    before = _rate_limited_total(base, "status", "ip")
+
+    def get(_: int) -> int:
+        return httpx.get(url, headers={"X-Forwarded-For": ip}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(get, range(24)))  # limit in the test env: 10/second
+    assert codes.count(200) <= 10 and codes.count(429) >= 10
+    assert _rate_limited_total(base, "status", "ip") >= before + codes.count(429)
+    # guessing other orders from that IP is refused too; another client still reads
+    assert httpx.get(base + "/api/v1/orders/00000000-0000-0000-0000-000000000000",
+                     headers={"X-Forwarded-For": ip}).status_code == 429
+    assert httpx.get(url, headers={"X-Forwarded-For": new_ip()}).status_code == 200
+
+
 def test_request_id_is_echoed_or_generated(stack) -> None:
     base = stack["base"]
     r = httpx.get(base + "/healthz", headers={"X-Request-ID": "partner-req-42"})

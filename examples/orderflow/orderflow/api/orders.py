@@ -262,11 +262,21 @@ async def order_status(
     """An order's status and history, for its owner: the shop customer (``?token=``) or the
     partner that placed it (``X-API-Key``). Anyone else gets 404."""
     request.state.access["order_id"] = order_id
+    headers: dict[str, str] = {}
+    refused = await _status_limit(request, headers)
+    if refused is not None:
+        return refused
     order = await _authorised_order(request, order_id, token, x_api_key)
     if order is None:
-        return error(404, "not_found", "no such order", request)
+        return error(404, "not_found", "no such order", request, headers=headers)
     request.state.access["outcome"] = "ok"
-    return JSONResponse(_status_body(order))
+    return JSONResponse(_status_body(order), headers=headers)
+
+
+async def _status_limit(request: Request, headers: dict[str, str]) -> JSONResponse | None:
+    """Status reads are limited per client IP (``ORDERFLOW_RATE_LIMIT_STATUS``)."""
+    return await _limit(request, "status", "ip", request.state.client_ip,
+                        request.app.state.settings.rate_limit_status, headers)
 
 
 @router.get("/track/{order_id}", response_class=HTMLResponse, tags=["order status"])
@@ -274,6 +284,10 @@ async def status_page(request: Request, order_id: str,
                       token: Annotated[str | None, Query()] = None) -> Any:
     """A status page for shop customers (the link in the order confirmation)."""
     request.state.access["order_id"] = order_id
+    headers: dict[str, str] = {}
+    refused = await _status_limit(request, headers)
+    if refused is not None:
+        return refused
     order = await _authorised_order(request, order_id, token, None)
     templates = request.app.state.templates
     if order is None:
