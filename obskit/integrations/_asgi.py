@@ -64,7 +64,7 @@ _MAX_TEMPLATES = 10_000
 
 def _find_template(routes: Any, target: Any, prefix: str, depth: int = 0) -> str | None:
     for r in routes:
-        if r is target:
+        if r is target or (getattr(r, "endpoint", None) is target and target is not None):
             return prefix + getattr(r, "path", "")
         sub = getattr(r, "routes", None)  # Mount, Host
         if sub and depth < 8:
@@ -207,6 +207,10 @@ class ObskitASGIMiddleware:
         if not status_code:
             status_code = 500  # the app raised (or returned) before sending a response
         route_obj = scope.get("route")
+        if route_obj is None:
+            # FastAPI's router sets "route" only for its own APIRoutes; a plain Starlette Route
+            # (app.add_route("/metrics", ...)) leaves its endpoint, which names the route too.
+            route_obj = scope.get("endpoint")
         route = _UNMATCHED if route_obj is None else self._template(route_obj)
         method = scope["method"]
         if method not in _KNOWN_METHODS:
@@ -250,7 +254,7 @@ class ObskitASGIMiddleware:
         if recording:
             attrs = self._attributes(scope, headers)
             attrs["http.response.status_code"] = status_code
-            if route_obj is not None:
+            if route != _UNMATCHED:
                 span.update_name(f"{method} {route}")
                 attrs["http.route"] = route
             if request_id is not None:

@@ -266,3 +266,13 @@ async def test_request_id_option_off_leaves_responses_alone() -> None:
             r = await client.get("/orders/1")
     assert "x-request-id" not in r.headers
     assert "request_id" not in access(t)[0]
+
+
+async def test_plain_starlette_route_in_fastapi_gets_its_template(obs: Captured) -> None:
+    app = make_app()
+    app.add_route("/metrics", obskit.metrics_asgi_app())
+    assert await call(app, "/metrics") == [200]
+    (line,) = access(obs)
+    assert line["route"] == "/metrics"
+    (span,) = server_spans(obs)
+    assert span.name == "GET /metrics" and span.attributes["http.route"] == "/metrics"
