@@ -263,3 +263,21 @@ def build_logger_provider(settings: Settings, resource: Resource, cat: Catalogue
         _CountingLogProcessor(BatchLogRecordProcessor(_otlp_log_exporter(settings)), cat)  # type: ignore[arg-type]
     )
     return provider
+
+
+def set_attributes_fast(span: Any, attributes: dict[str, Any]) -> None:
+    """Set attributes that obskit built itself on a recording SDK span.
+
+    The SDK validates and locks per attribute (~0.7 µs each, ~30 % of a server span's cost);
+    obskit's own values are already valid OTel types, so they go straight into the span's
+    attribute store. Anything unexpected — another SDK version, limits that could be exceeded,
+    a value-length limit, a non-SDK span — takes the public ``set_attributes`` path.
+    """
+    store = getattr(span, "_attributes", None)
+    data = getattr(store, "_dict", None)
+    if (type(data) is dict and getattr(store, "_immutable", True) is False
+            and getattr(store, "max_value_len", 0) is None
+            and len(data) + len(attributes) <= (getattr(store, "maxlen", 0) or 0)):
+        data.update(attributes)
+    else:
+        span.set_attributes(attributes)

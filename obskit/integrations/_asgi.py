@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from obskit import _logging
 from obskit._context import begin_request, end_request
 from obskit._internal import internal_error
+from obskit._tracing import set_attributes_fast
 from obskit.integrations import _http
 
 Scope = MutableMapping[str, Any]
@@ -259,7 +260,7 @@ class ObskitASGIMiddleware:
                 attrs["http.route"] = route
             if request_id is not None:
                 attrs["http.request.header.x-request-id"] = (request_id,)
-            span.set_attributes(attrs)
+            set_attributes_fast(span, attrs)
             if error is not None and isinstance(error, Exception):
                 span.record_exception(error)
                 span.set_attribute("error.type", type(error).__qualname__)

@@ -32,6 +32,7 @@ from obskit._semconv import (  # noqa: F401 - re-exported for this package
     ATTR_SYSTEM,
     MESSAGING_SYSTEM_RABBITMQ,
 )
+from obskit._tracing import set_attributes_fast
 from obskit.metrics import Catalogue, catalogue
 
 SYSTEM = MESSAGING_SYSTEM_RABBITMQ
@@ -68,7 +69,12 @@ class Telemetry:
         A broken tracer provider costs the message its span, never the message.
         """
         try:
-            return self.tracer.start_span(name, context, kind, attributes, links)
+            # Attributes after the sampling decision, on the fast path: obskit's samplers do
+            # not look at attributes, and unsampled messages never pay for them.
+            span = self.tracer.start_span(name, context, kind, None, links)
+            if span.is_recording():
+                set_attributes_fast(span, dict(attributes))
+            return span
         except Exception as exc:
             _report(exc)
             return INVALID_SPAN
