@@ -113,6 +113,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["unaccounted"] == 0 else 1
 
 
+def _with_pool(fn: Callable[..., Awaitable[object]], *args: object) -> object:
+    from orderflow import db
+
+    async def run() -> object:
+        pool = await db.open_pool(Settings().database_url, max_size=1)
+        try:
+            return await fn(pool, *args)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    from orderflow import crm
+
+    rows = _with_pool(crm.list_api_keys)
+    assert isinstance(rows, list)
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    if not rows:
+        print("no API keys")
+        return 0
+    print(f"{'PARTNER':<20} {'PREFIX':<12} {'RATE LIMIT':<22} {'CREATED':<20} REVOKED")
+    for r in rows:
+        revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M") if r["revoked_at"] else "-"
+        print(f"{r['partner']:<20} {r['key_prefix']:<12} {r['rate_limit'] or 'default':<22} "
+              f"{r['created_at'].strftime('%Y-%m-%d %H:%M'):<20} {revoked}")
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from orderflow import crm
+
+    n = _with_pool(crm.revoke_api_key, args.key_prefix)
+    if not n:
+        print(f"no active key with prefix {args.key_prefix!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {n} key(s) with prefix {args.key_prefix}; it stops working within 10 s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orderflow", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +173,12 @@ def parser() -> argparse.ArgumentParser:
                     help='this key\'s limit, e.g. "100/second;5000/hour" '
                          "(default: ORDERFLOW_RATE_LIMIT_B2B)")
     kc.set_defaults(func=cmd_apikey_create)
+    kl = ksub.add_parser("list", help="every key: partner, prefix, limit, created, revoked")
+    kl.add_argument("--json", action="store_true", help="machine-readable output")
+    kl.set_defaults(func=cmd_apikey_list)
+    kr = ksub.add_parser("revoke", help="revoke the key with this prefix (from `apikey list`)")
+    kr.add_argument("key_prefix")
+    kr.set_defaults(func=cmd_apikey_revoke)
 
     a = sub.add_parser("api", help="run the ingress (shop API, open API, order status)")
     a.add_argument("--port", type=int, default=8000)

@@ -203,6 +203,24 @@ async def create_api_key(pool: AsyncConnectionPool, partner: str,
     return key
 
 
+async def list_api_keys(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+    """Every key (never the key itself: its prefix), newest first, revoked ones included."""
+    async with pool.connection() as conn:
+        return list(await (await conn.execute(
+            "SELECT partner, key_prefix, rate_limit, created_at, revoked_at FROM api_keys"
+            " ORDER BY created_at DESC, id DESC")).fetchall())
+
+
+async def revoke_api_key(pool: AsyncConnectionPool, key_prefix: str) -> int:
+    """Revoke the active keys with this prefix; the number revoked. Ingress caches a lookup for
+    at most 10 s, so a revoked key stops working within that."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE api_keys SET revoked_at = now()"
+            " WHERE key_prefix = %s AND revoked_at IS NULL", (key_prefix,))
+        return int(cur.rowcount or 0)
+
+
 async def lookup_api_key(pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
     async with pool.connection() as conn:
         return await (await conn.execute(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -166,6 +169,30 @@ def test_status_reads_are_rate_limited_per_client_ip(stack) -> None:
         assert httpx.get(url, headers={"X-Forwarded-For": new_ip()}).status_code == 200
     finally:
         procs.stop_all()
+
+
+def test_apikey_create_list_revoke(stack) -> None:
+    base, env = stack["base"], stack["env"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-P", "-m", "orderflow.cli", "apikey", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    created = cli("create", "revocable-gmbh")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.split()[0]
+    listed = cli("list", "--json")
+    row = next(r for r in json.loads(listed.stdout) if r["partner"] == "revocable-gmbh")
+    assert row["key_prefix"] == key[:10] and row["revoked_at"] is None
+    assert key not in listed.stdout  # only the prefix is ever shown
+    r = httpx.post(base + "/api/v1/partner/orders", json=order_body(), headers={"X-API-Key": key})
+    assert r.status_code == 202
+    assert cli("revoke", row["key_prefix"]).returncode == 0
+    assert cli("revoke", row["key_prefix"]).returncode == 1  # nothing active left
+    # the ingress caches a key lookup for at most 10 s
+    wait_for(lambda: httpx.post(base + "/api/v1/partner/orders", json=order_body(),
+                                headers={"X-API-Key": key}).status_code == 401,
+             timeout=20, what="the revoked key to be refused", interval=1.0)
 
 
 def test_request_id_is_echoed_or_generated(stack) -> None:
