@@ -338,8 +338,6 @@ class _RateLimit(logging.Filter):
         self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        import time
-
         key = (record.name, str(record.msg)[:40])
         now = time.monotonic()
         last = self._last.get(key)

@@ -2,35 +2,62 @@
 
 Spans and ``traceparent``/``baggage`` injection come from the OpenTelemetry contrib instrumentors
 (they do that well); obskit adds a thin wrapt wrapper *outside* theirs that times the call and
-records the catalogue metric, with the caller's trace_id as exemplar.
+records the catalogue metric, with the caller's trace_id as exemplar. Both ``requests``'
+``Session.send`` and httpx's transports take the request as their first argument and return a
+response with ``status_code``, so one pair of wrappers serves both.
 """
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
 from obskit._internal import internal_error
 from obskit.integrations._http import KNOWN_METHODS
-from obskit.metrics import observe
+from obskit.metrics import catalogue, observe
 
 #: ``status_code`` label when the call raised (connection refused, timeout, ...).
 ERROR_STATUS = "error"
 
-duration: Any = None  # catalogue.http_client_duration while a client integration is active
-
 
 def record(method: str, url: Any, status: int | str, seconds: float) -> None:
-    family = duration
-    if family is None:
-        return
+    # Only called while instrumented, i.e. while init() is active: the active catalogue.
     try:
-        method = method.upper()
+        method = (method or "GET").upper()
         host = url.host if hasattr(url, "host") else urlsplit(str(url)).hostname
-        observe(family.labels(method if method in KNOWN_METHODS else "_OTHER", host or "",
-                              status), seconds)
+        observe(catalogue().http_client_duration.labels(
+            method if method in KNOWN_METHODS else "_OTHER", host or "", status), seconds)
     except Exception as exc:
         internal_error("http_client.metrics", exc)
+
+
+def timed_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """wrapt wrapper for a synchronous ``send(request)``."""
+    request = args[0] if args else kwargs.get("request")
+    start = perf_counter()
+    status: int | str = ERROR_STATUS
+    try:
+        response = wrapped(*args, **kwargs)
+        status = response.status_code
+        return response
+    finally:
+        if request is not None:
+            record(request.method, request.url, status, perf_counter() - start)
+
+
+async def timed_send_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """wrapt wrapper for an asynchronous ``send(request)``."""
+    request = args[0] if args else kwargs.get("request")
+    start = perf_counter()
+    status: int | str = ERROR_STATUS
+    try:
+        response = await wrapped(*args, **kwargs)
+        status = response.status_code
+        return response
+    finally:
+        if request is not None:
+            record(request.method, request.url, status, perf_counter() - start)
 
 
 def is_wrapped(owner: Any, name: str) -> bool:

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from obskit._internal import internal_error
-from obskit.metrics import observe
+from obskit.metrics import catalogue, observe
 
 #: Operation label when the statement does not start with a plain keyword.
 OTHER = "OTHER"
@@ -20,9 +20,6 @@ OTHER = "OTHER"
 _KEYWORD = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*\(?\s*([A-Za-z]{1,20})\b", re.S)
 _cache: dict[str, str] = {}
 
-db_duration: Any = None  # catalogue.db_duration while a DB integration is active
-cache_duration: Any = None
-_db_users: set[str] = set()
 
 
 def operation(statement: Any) -> str:
@@ -44,35 +41,23 @@ def operation(statement: Any) -> str:
     return op
 
 
-def use_db(handle: Any, user: str) -> None:
-    global db_duration
-    db_duration = handle.catalogue.db_duration
-    _db_users.add(user)
+#: Drivers whose statements an obskit integration traces itself (psycopg, psycopg2, asyncpg):
+#: SQLAlchemy then leaves the span to the driver instead of making a second one.
+traced_drivers: set[str] = set()
 
 
-def release_db(user: str) -> None:
-    global db_duration
-    _db_users.discard(user)
-    if not _db_users:
-        db_duration = None
-
-
+# The wrappers below exist only between instrument() and uninstrument(), i.e. while init() is
+# active, so they record into the active catalogue (the registry init() was given).
 def record_db(system: str, op: str, seconds: float) -> None:
-    family = db_duration
-    if family is None:
-        return
     try:
-        observe(family.labels(system, op), seconds)
+        observe(catalogue().db_duration.labels(system, op), seconds)
     except Exception as exc:
         internal_error("db.metrics", exc)
 
 
 def record_cache(system: str, op: str, seconds: float) -> None:
-    family = cache_duration
-    if family is None:
-        return
     try:
-        observe(family.labels(system, op), seconds)
+        observe(catalogue().cache_duration.labels(system, op), seconds)
     except Exception as exc:
         internal_error("cache.metrics", exc)
 
@@ -131,12 +116,11 @@ def wrap_dbapi(user: str) -> None:
 
 def unwrap_dbapi(user: str) -> None:
     from opentelemetry.instrumentation.dbapi import CursorTracer
-
-    from obskit.integrations.starlette import _unwrap
+    from opentelemetry.instrumentation.utils import unwrap
 
     if user not in _dbapi_users:
         return
     _dbapi_users.discard(user)
     if not _dbapi_users:
-        _unwrap(CursorTracer, "traced_execution")
-        _unwrap(CursorTracer, "traced_execution_async")
+        unwrap(CursorTracer, "traced_execution")
+        unwrap(CursorTracer, "traced_execution_async")

@@ -1,7 +1,8 @@
-"""State shared by obskit's server middlewares (ASGI and WSGI): one tracer, the RED families, the
-access logger. ``configure()`` is called by the framework integrations' ``instrument()``;
-middleware instances read the module-level ``state`` on every request, so an app built while
-obskit was initialised becomes a pass-through after ``shutdown()`` and picks up a new ``init()``.
+"""State shared by obskit's server middlewares (ASGI and WSGI): one tracer, the RED families.
+
+``configure()`` is called by the framework integrations' ``instrument()``; middleware instances
+read the module-level ``state`` on every request, so an app built while obskit was initialised
+becomes a pass-through after ``shutdown()`` and picks up a new ``init()``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class ServerState:
     tracer: Any | None  # None when OTEL_SDK_DISABLED
     duration: Any  # catalogue.http_server_duration (guarded family)
     active: Any  # catalogue.http_server_active
-    log: Any  # structlog logger bound to logger="obskit.access"
     request_id: bool = True  # accept/generate X-Request-ID (the `request_id` option)
 
 
@@ -76,15 +76,13 @@ _users: set[str] = set()  # integrations that asked for the state (fastapi, star
 
 def configure(handle: Handle, user: str) -> ServerState:
     global state
-    from obskit._logging import get_logger
 
     tracer = None
     if handle.tracer_provider is not None:
         tracer = handle.tracer_provider.get_tracer("obskit.http.server")
     cat = handle.catalogue
-    # .bind() resolves structlog's lazy proxy once, now that init() configured the pipeline.
     state = ServerState(tracer=tracer, duration=cat.http_server_duration,
-                        active=cat.http_server_active, log=get_logger(ACCESS_LOGGER).bind(),
+                        active=cat.http_server_active,
                         request_id=bool(handle.settings.request_id))
     _users.add(user)
     return state

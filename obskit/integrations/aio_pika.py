@@ -57,27 +57,35 @@ _in_anext: contextvars.ContextVar[bool] = contextvars.ContextVar(
 _ITER_ATTR = "_obskit_delivery"
 
 
+def _patches() -> list[tuple[Any, str, Any]]:
+    """(owner, method, wrapper): one table for instrument() and uninstrument()."""
+    from aio_pika import exchange, message, queue, robust_queue
+
+    return [
+        (exchange.Exchange, "publish", _publish),
+        (queue.Queue, "consume", _consume),
+        (queue.Queue, "get", _get),
+        (queue.QueueIterator, "__anext__", _anext),
+        (robust_queue.RobustQueueIterator, "__anext__", _anext),
+        (queue.QueueIterator, "__aexit__", _iter_aexit),
+        (queue.QueueIterator, "close", _iter_close),
+        (message.IncomingMessage, "ack", _settle("ack")),
+        (message.IncomingMessage, "nack", _settle("nack")),
+        (message.IncomingMessage, "reject", _settle("reject")),
+        (message.ProcessContext, "__aenter__", _process_enter),
+        (message.ProcessContext, "__aexit__", _process_exit),
+    ]
+
+
 def instrument(handle: Handle) -> None:
     global _ins
     if _ins is not None:
         return
-    from aio_pika import exchange, message, queue, robust_queue
-
     tracer = trace.get_tracer("obskit.integrations.aio_pika",
                               tracer_provider=handle.tracer_provider)
     _ins = _amqp.Instruments(tracer, handle.catalogue, "integration.aio_pika")
-    wrapt.wrap_function_wrapper(exchange.Exchange, "publish", _publish)
-    wrapt.wrap_function_wrapper(queue.Queue, "consume", _consume)
-    wrapt.wrap_function_wrapper(queue.Queue, "get", _get)
-    wrapt.wrap_function_wrapper(queue.QueueIterator, "__anext__", _anext)
-    wrapt.wrap_function_wrapper(robust_queue.RobustQueueIterator, "__anext__", _anext)
-    wrapt.wrap_function_wrapper(queue.QueueIterator, "__aexit__", _iter_aexit)
-    wrapt.wrap_function_wrapper(queue.QueueIterator, "close", _iter_close)
-    wrapt.wrap_function_wrapper(message.IncomingMessage, "ack", _settle("ack"))
-    wrapt.wrap_function_wrapper(message.IncomingMessage, "nack", _settle("nack"))
-    wrapt.wrap_function_wrapper(message.IncomingMessage, "reject", _settle("reject"))
-    wrapt.wrap_function_wrapper(message.ProcessContext, "__aenter__", _process_enter)
-    wrapt.wrap_function_wrapper(message.ProcessContext, "__aexit__", _process_exit)
+    for owner, name, wrapper in _patches():
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
 
 
 def uninstrument() -> None:
@@ -89,16 +97,7 @@ def uninstrument() -> None:
     if pending is not None:
         _finish(pending)
         _last_get.set(None)
-    from aio_pika import exchange, message, queue, robust_queue
-
-    for owner, name in ((exchange.Exchange, "publish"), (queue.Queue, "consume"),
-                        (queue.Queue, "get"), (queue.QueueIterator, "__anext__"),
-                        (robust_queue.RobustQueueIterator, "__anext__"),
-                        (queue.QueueIterator, "__aexit__"), (queue.QueueIterator, "close"),
-                        (message.IncomingMessage, "ack"), (message.IncomingMessage, "nack"),
-                        (message.IncomingMessage, "reject"),
-                        (message.ProcessContext, "__aenter__"),
-                        (message.ProcessContext, "__aexit__")):
+    for owner, name, _wrapper in _patches():
         unwrap(owner, name)
     _ins = None
     _active.clear()

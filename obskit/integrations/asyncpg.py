@@ -8,9 +8,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _db
-from obskit.integrations.starlette import _unwrap
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -47,7 +47,7 @@ async def _prepared_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
 
 def instrument(handle: Handle) -> None:
     global _instrumentor, _owned
-    _db.use_db(handle, "asyncpg")
+    _db.traced_drivers.add("asyncpg")
     if _instrumentor is not None:
         return
     import asyncpg
@@ -72,15 +72,15 @@ def instrument(handle: Handle) -> None:
 
 def uninstrument() -> None:
     global _instrumentor
-    _db.release_db("asyncpg")
+    _db.traced_drivers.discard("asyncpg")
     if _instrumentor is None:
         return
     import asyncpg
 
     for name in _CONNECTION_METHODS:
-        _unwrap(asyncpg.connection.Connection, name)
+        unwrap(asyncpg.connection.Connection, name)
     for name in _PREPARED_METHODS:
-        _unwrap(asyncpg.prepared_stmt.PreparedStatement, name)
+        unwrap(asyncpg.prepared_stmt.PreparedStatement, name)
     if _owned:
         _instrumentor.uninstrument()
     _instrumentor = None

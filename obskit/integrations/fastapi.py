@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit._internal import internal_error
 from obskit.integrations import _http
 from obskit.integrations._asgi import ObskitASGIMiddleware
-from obskit.integrations.starlette import _unwrap, wrap_build_middleware_stack
+from obskit.integrations.starlette import wrap_build_middleware_stack
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -114,8 +115,8 @@ def uninstrument() -> None:
         return
     from fastapi import FastAPI
 
-    _unwrap(FastAPI, "__init__")
-    _unwrap(FastAPI, "build_middleware_stack")
+    unwrap(FastAPI, "__init__")
+    unwrap(FastAPI, "build_middleware_stack")
     if _original_enabled is not None:
         from fastapi.telemetry._asgi import NativeTelemetry
 

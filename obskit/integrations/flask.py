@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit._internal import internal_error
 from obskit.integrations import _http
 from obskit.integrations._wsgi import ROUTE_KEY, ObskitWSGIMiddleware, record_exception
-from obskit.integrations.starlette import _unwrap
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -90,5 +90,5 @@ def uninstrument() -> None:
     from flask import Flask
 
     for name in ("__call__", "full_dispatch_request", "handle_exception"):
-        _unwrap(Flask, name)
+        unwrap(Flask, name)
     _patched = False

@@ -19,7 +19,7 @@ _owned = False
 
 def instrument(handle: Handle) -> None:
     global _instrumentor, _owned
-    _db.use_db(handle, "psycopg")
+    _db.traced_drivers.add("psycopg")
     if _instrumentor is not None:
         return
     import psycopg
@@ -38,7 +38,7 @@ def instrument(handle: Handle) -> None:
 
 def uninstrument() -> None:
     global _instrumentor
-    _db.release_db("psycopg")
+    _db.traced_drivers.discard("psycopg")
     if _instrumentor is None:
         return
     _db.unwrap_dbapi("psycopg")

@@ -8,9 +8,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _db
-from obskit.integrations.starlette import _unwrap
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -68,7 +68,6 @@ async def _pipeline_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -
 
 def instrument(handle: Handle) -> None:
     global _instrumentor, _owned
-    _db.cache_duration = handle.catalogue.cache_duration
     if _instrumentor is not None:
         return
     import redis
@@ -97,11 +96,10 @@ def instrument(handle: Handle) -> None:
 
 def uninstrument() -> None:
     global _instrumentor
-    _db.cache_duration = None
     if _instrumentor is None:
         return
     while _wrapped:
-        _unwrap(*_wrapped.pop())
+        unwrap(*_wrapped.pop())
     if _owned:
         _instrumentor.uninstrument()
     _instrumentor = None

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _client
-from obskit.integrations.starlette import _unwrap
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -21,22 +20,8 @@ _owned = False
 _patched = False
 
 
-def _send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    request = args[0] if args else kwargs.get("request")
-    start = perf_counter()
-    status: int | str = _client.ERROR_STATUS
-    try:
-        response = wrapped(*args, **kwargs)
-        status = response.status_code
-        return response
-    finally:
-        if request is not None:
-            _client.record(request.method or "GET", request.url, status, perf_counter() - start)
-
-
 def instrument(handle: Handle) -> None:
     global _instrumentor, _patched, _owned
-    _client.duration = handle.catalogue.http_client_duration
     if _patched:
         return
     import requests
@@ -51,7 +36,7 @@ def instrument(handle: Handle) -> None:
     if not _client.is_wrapped(requests.Session, "send"):
         # The contrib instrumentor logs and does nothing on a version conflict: say so.
         raise RuntimeError("RequestsInstrumentor did not patch requests.Session.send")
-    wrapt.wrap_function_wrapper(requests.Session, "send", _send)
+    wrapt.wrap_function_wrapper(requests.Session, "send", _client.timed_send)
     _patched = True
 
 
@@ -61,15 +46,8 @@ def uninstrument() -> None:
         return
     import requests
 
-    _unwrap(requests.Session, "send")  # ours (outermost) first, then the contrib one
+    unwrap(requests.Session, "send")  # ours (outermost) first, then the contrib one
     if _instrumentor is not None and _owned:
         _instrumentor.uninstrument()
     _instrumentor = None
     _patched = False
-    _client.duration = None if not _httpx_active() else _client.duration
-
-
-def _httpx_active() -> bool:
-    from obskit.integrations import httpx as httpx_integration
-
-    return httpx_integration._patched

@@ -40,7 +40,7 @@ _KEY = "_obskit_db"
 
 def _driver_traced(dialect: Any) -> bool:
     name = DRIVER_INTEGRATIONS.get(getattr(dialect, "driver", ""))
-    return name is not None and name in _db._db_users
+    return name is not None and name in _db.traced_drivers
 
 
 def _before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
@@ -98,7 +98,6 @@ def _error(exception_context: Any) -> None:
 
 def instrument(handle: Handle) -> None:
     global _tracer, _active
-    _db.use_db(handle, "sqlalchemy")
     _tracer = (None if handle.tracer_provider is None
                else handle.tracer_provider.get_tracer("obskit.sqlalchemy"))
     if _active:
@@ -114,7 +113,6 @@ def instrument(handle: Handle) -> None:
 
 def uninstrument() -> None:
     global _tracer, _active
-    _db.release_db("sqlalchemy")
     _tracer = None
     if not _active:
         return

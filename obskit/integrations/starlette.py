@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
 
 from obskit._internal import internal_error
 from obskit.integrations import _http
@@ -56,11 +57,6 @@ def uninstrument() -> None:
         return
     from starlette.applications import Starlette
 
-    _unwrap(Starlette, "build_middleware_stack")
+    unwrap(Starlette, "build_middleware_stack")
     _patched = False
 
-
-def _unwrap(owner: Any, name: str) -> None:
-    attr = owner.__dict__.get(name)
-    if isinstance(attr, wrapt.FunctionWrapper):
-        setattr(owner, name, attr.__wrapped__)

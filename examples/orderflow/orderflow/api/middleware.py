@@ -55,22 +55,31 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
         rid = obskit.current_request_id()
-        if rid is not None:  # obskit handles the id, the header and the access line
-            await self._with_obskit(scope, receive, send, rid)
-            return
-        for k, v in scope.get("headers", ()):
-            if k == b"x-request-id":
-                candidate = v.decode("latin-1")
-                rid = candidate if _VALID_ID.match(candidate) else None
-        rid = rid or uuid.uuid4().hex
+        from_obskit = rid is not None  # obskit handles the id, the header and the access line
+        if rid is None:
+            for k, v in scope.get("headers", ()):
+                if k == b"x-request-id":
+                    candidate = v.decode("latin-1")
+                    rid = candidate if _VALID_ID.match(candidate) else None
+            rid = rid or uuid.uuid4().hex
         ip = client_ip(scope, self.trusted_proxies)
         access: dict[str, Any] = {}
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["client_ip"] = ip
         state["access"] = access
+        if from_obskit:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                obskit.add_request_fields(client_ip=ip, **access)
+            return
+        await self._own_access_line(scope, receive, send, rid, ip, access)
+
+    async def _own_access_line(self, scope: Scope, receive: Any, send: Any, rid: str, ip: str,
+                               access: dict[str, Any]) -> None:
+        start = time.perf_counter()
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("http.request.id", rid)
@@ -99,15 +108,3 @@ class RequestContextMiddleware:
             if not scope.get("path", "").startswith(("/metrics", "/healthz")):
                 level = _log.error if status >= 500 else _log.info
                 level("request", **fields)
-
-    async def _with_obskit(self, scope: Scope, receive: Any, send: Any, rid: str) -> None:
-        ip = client_ip(scope, self.trusted_proxies)
-        access: dict[str, Any] = {}
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
-        state["client_ip"] = ip
-        state["access"] = access
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            obskit.add_request_fields(client_ip=ip, **access)
