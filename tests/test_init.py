@@ -158,7 +158,7 @@ def test_dead_collector_neither_raises_nor_blocks_and_counts_drops(protocol):
     port = _free_port()
     r = _run(
         """
-        import json, time, obskit
+        import json, sys, time, obskit
         from opentelemetry import trace
         h = obskit.init("deadcol", log_format="json")
         tracer = trace.get_tracer("t")
@@ -171,14 +171,15 @@ def test_dead_collector_neither_raises_nor_blocks_and_counts_drops(protocol):
         dropped = sum(cat.registry.get_sample_value(
             "obskit_telemetry_spans_dropped_total", {"reason": r}) or 0
             for r in ("queue_full", "export_failed"))
-        print(json.dumps({"elapsed": elapsed, "dropped": dropped}))
+        # stderr: the exporter thread's log lines go to stdout and could split a print there
+        print(json.dumps({"elapsed": elapsed, "dropped": dropped}), file=sys.stderr)
         """,
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
              "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
              "OTEL_BSP_MAX_QUEUE_SIZE": "512", "OTEL_BSP_SCHEDULE_DELAY": "50"},
     )
     assert r.returncode == 0, r.stderr
-    (result,) = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith('{"elapsed"')]
+    (result,) = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith('{"elapsed"')]
     # everything is accounted as dropped except what still sits in the queue or in one batch
     assert result["dropped"] >= 5000 - 512 - 512
     # 5000 spans must take well under one export timeout: nothing waited on the network.
