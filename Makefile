@@ -38,4 +38,5 @@ lint: setup
 	$(VENV)/bin/mypy obskit
 
 bench: setup services
+	$(PIP) install -q -e '.[bench]'
 	$(PY) benchmarks/bench_http.py

@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from obskit._config import Settings
 from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY
+from obskit._fastspan import LeanSpan
 from obskit.metrics import Catalogue
 
 INSTANCE_ID = str(uuid.uuid4())
@@ -273,6 +274,9 @@ def set_attributes_fast(span: Any, attributes: dict[str, Any]) -> None:
     attribute store. Anything unexpected — another SDK version, limits that could be exceeded,
     a value-length limit, a non-SDK span — takes the public ``set_attributes`` path.
     """
+    if type(span) is LeanSpan:
+        span.set_trusted_attributes(attributes)
+        return
     store = getattr(span, "_attributes", None)
     data = getattr(store, "_dict", None)
     if (type(data) is dict and getattr(store, "_immutable", True) is False

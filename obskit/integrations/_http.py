@@ -12,6 +12,7 @@ from random import getrandbits as _getrandbits
 from typing import TYPE_CHECKING, Any
 
 from obskit._context import current_order
+from obskit._fastspan import FastTracer
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -79,7 +80,7 @@ def configure(handle: Handle, user: str) -> ServerState:
 
     tracer = None
     if handle.tracer_provider is not None:
-        tracer = handle.tracer_provider.get_tracer("obskit.http.server")
+        tracer = FastTracer(handle.tracer_provider.get_tracer("obskit.http.server"))
     cat = handle.catalogue
     state = ServerState(tracer=tracer, duration=cat.http_server_duration,
                         active=cat.http_server_active,
