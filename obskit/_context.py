@@ -74,12 +74,27 @@ def add_request_fields(**fields: Any) -> None:
         req.setdefault("extra", {}).update(fields)
 
 
-def current_order() -> tuple[str | None, str | None]:
-    """``(order_id, channel)`` of the active order context, or ``(None, None)``."""
-    ctx = context.get_current()
-    oid = baggage.get_baggage(ORDER_ID_KEY, ctx)
-    ch = baggage.get_baggage(ORDER_CHANNEL_KEY, ctx)
+def current_order(ctx: context.Context | None = None) -> tuple[str | None, str | None]:
+    """``(order_id, channel)`` of the order context in ``ctx`` (default: the active one)."""
+    entries = baggage.get_all(ctx)  # one context read for both keys
+    if not entries:
+        return (None, None)
+    oid = entries.get(ORDER_ID_KEY)
+    ch = entries.get(ORDER_CHANNEL_KEY)
     return (None if oid is None else str(oid), None if ch is None else str(ch))
+
+
+def with_order(order_id: Any, channel: str | None = None,
+               ctx: context.Context | None = None) -> context.Context:
+    """``ctx`` (default: the current context) with the order in its baggage, not attached.
+
+    For code that passes a context explicitly (a publish): what ``order_context`` puts in the
+    baggage, without its log fields, span attributes and attach/detach.
+    """
+    ctx = baggage.set_baggage(ORDER_ID_KEY, str(order_id), ctx)
+    if channel is not None:
+        ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)
+    return ctx
 
 
 def current_extra() -> Mapping[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -198,11 +199,13 @@ class FastTracer:
         self.sdk = sdk_tracer
         self.fast = False
         self.unset_status = ReadableSpan("x")._status
+        if not isinstance(sdk_tracer, SdkTracer):  # a proxy or another SDK: nothing to speed up
+            return
         try:
             self.scope = sdk_tracer._instrumentation_scope
             self.resource = sdk_tracer.resource
             self.processor = sdk_tracer.span_processor
-            self.sampler = sdk_tracer.sampler
+            self.sampler: Any = sdk_tracer.sampler
             self.ids = sdk_tracer.id_generator
             self.limits: SpanLimits = sdk_tracer._span_limits
             self._config = sdk_tracer._tracer_config
@@ -257,7 +260,8 @@ class FastTracer:
         return None
 
     def start_span(self, name: str, context: Any = None, kind: SpanKind = _INTERNAL,
-                   attributes: Any = None, links: Sequence[trace_api.Link] = ()) -> Any:
+                   attributes: Any = None, links: Sequence[trace_api.Link] | None = ()) -> Any:
+        links = links or ()
         if not self.fast or not self._config.is_enabled:
             return self.sdk.start_span(name, context, kind, attributes, links)
         parent: SpanContext | None = _get_current_span(context).get_span_context()

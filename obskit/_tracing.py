@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from obskit._config import Settings
-from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY
+from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY, current_order
 from obskit._fastspan import LeanSpan
 from obskit.metrics import Catalogue
 
@@ -71,12 +71,11 @@ class OrderSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if not span.is_recording():
             return
-        order_id = baggage.get_baggage(ORDER_ID_KEY, parent_context)
+        order_id, channel = current_order(parent_context)
         if order_id is not None:
-            span.set_attribute(ORDER_ID_KEY, str(order_id))
-            channel = baggage.get_baggage(ORDER_CHANNEL_KEY, parent_context)
+            span.set_attribute(ORDER_ID_KEY, order_id)
             if channel is not None:
-                span.set_attribute(ORDER_CHANNEL_KEY, str(channel))
+                span.set_attribute(ORDER_CHANNEL_KEY, channel)
 
 
 class _CountingExporter(SpanExporter):
@@ -114,12 +113,17 @@ class DroppingBatchSpanProcessor(BatchSpanProcessor):
         self._queue = getattr(bp, "_queue", None)
         self._max = getattr(bp, "_max_queue_size", None)
         self._dropped = cat.spans_dropped.labels("queue_full")
+        self._emit = getattr(bp, "emit", None)
 
     def on_end(self, span: ReadableSpan) -> None:
         q = self._queue
         if q is not None and len(q) >= self._max:  # type: ignore[operator]
             if span.context is not None and span.context.trace_flags.sampled:
                 self._dropped.inc()
+            return
+        if self._emit is not None:  # BatchSpanProcessor.on_end without a second dispatch
+            if span.context is not None and span.context.trace_flags.sampled:
+                self._emit(span)
             return
         super().on_end(span)
 

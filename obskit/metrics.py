@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Sequence
+from time import monotonic
 from typing import Any
 
 from opentelemetry import trace
@@ -113,13 +115,39 @@ def exemplar() -> dict[str, str] | None:
     return {"trace_id": format(ctx.trace_id, "032x")}
 
 
+#: A bucket's exemplar is replaced at most this often (seconds). Prometheus keeps one exemplar per
+#: bucket and reads it once per scrape, so replacing it on every observation only costs: building
+#: and validating an exemplar is 1.2 µs of a 2 µs observe. A bucket that is rarely hit (the slow
+#: tail) still gets the trace of its first request after each interval.
+EXEMPLAR_INTERVAL = 1.0
+_exemplar_at: dict[tuple[Any, int], float] = {}  # (histogram child, bucket index) -> monotonic
+
+
+def observe_traced(child: Any, value: float, trace_id: str | None) -> None:
+    """Observe ``value``; ``trace_id`` becomes the bucket's exemplar unless it got one lately."""
+    if trace_id is not None:
+        bounds = getattr(child, "_upper_bounds", None)
+        if bounds is not None:
+            key = (child, bisect_left(bounds, value))
+            now = monotonic()
+            if now - _exemplar_at.get(key, -EXEMPLAR_INTERVAL) >= EXEMPLAR_INTERVAL:
+                _exemplar_at[key] = now
+                child.observe(value, {"trace_id": trace_id})
+                return
+    child.observe(value)
+
+
+def trace_id_of(span: Any) -> str | None:
+    """The hex trace id of ``span`` when it is sampled (an exemplar is worth keeping), else None."""
+    sc = span.get_span_context()
+    if not sc.is_valid or not sc.trace_flags.sampled:
+        return None
+    return format(sc.trace_id, "032x")
+
+
 def observe(histogram_child: Any, value: float) -> None:
-    """Observe with a trace_id exemplar when one is available."""
-    ex = exemplar()
-    if ex is None:
-        histogram_child.observe(value)
-    else:
-        histogram_child.observe(value, ex)
+    """Observe with the current span's trace_id as exemplar when one is available."""
+    observe_traced(histogram_child, value, trace_id_of(trace.get_current_span()))
 
 
 class Catalogue:

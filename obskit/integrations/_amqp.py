@@ -22,9 +22,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from obskit import propagation
+from obskit._fastspan import FastTracer
 from obskit._internal import internal_error
 from obskit._semconv import (  # noqa: F401 - re-exported for the integrations
     ATTR_BODY_SIZE,
@@ -41,6 +42,7 @@ from obskit._semconv import (  # noqa: F401 - re-exported for the integrations
     DEFAULT_EXCHANGE,
     MESSAGING_SYSTEM_RABBITMQ,
 )
+from obskit.metrics import observe_traced, trace_id_of
 
 SYSTEM = MESSAGING_SYSTEM_RABBITMQ
 
@@ -52,7 +54,7 @@ OUTCOMES = ("ack", "requeue", "reject", "error", "auto_ack", "unsettled")
 class Instruments:
     """Tracer and metric families one integration records with (set by ``instrument()``)."""
 
-    tracer: Tracer
+    tracer: FastTracer
     catalogue: Any
     component: str
 
@@ -242,11 +244,7 @@ def end_delivery(d: Delivery | None, error: BaseException | None = None) -> None
                                 else "auto_ack" if d.auto_ack else "unsettled")
         elapsed = time.perf_counter() - d.started
         child = d.ins.catalogue.msg_process_duration.labels(SYSTEM, d.queue, outcome)
-        sc = d.span.get_span_context()
-        if sc.is_valid and sc.trace_flags.sampled:
-            child.observe(elapsed, {"trace_id": format(sc.trace_id, "032x")})
-        else:
-            child.observe(elapsed)
+        observe_traced(child, elapsed, trace_id_of(d.span))
         d.span.set_attribute("messaging.rabbitmq.outcome", outcome)
         d.span.end()
     except Exception as exc:

@@ -31,6 +31,7 @@ from obskit._context import begin_request, end_request
 from obskit._internal import internal_error
 from obskit._tracing import set_attributes_fast
 from obskit.integrations import _http
+from obskit.metrics import observe_traced
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -226,10 +227,7 @@ class ObskitASGIMiddleware:
             if sc.is_valid:
                 trace_id = format(sc.trace_id, "032x")
                 span_id = format(sc.span_id, "016x")
-        if recording:
-            child.observe(duration, {"trace_id": trace_id})
-        else:
-            child.observe(duration)
+        observe_traced(child, duration, trace_id if recording else None)
 
         path = scope["path"]
         fields: dict[str, Any] = {"method": method, "route": route, "path": path,

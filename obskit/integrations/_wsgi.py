@@ -20,6 +20,7 @@ from obskit import _logging
 from obskit._context import begin_request, end_request
 from obskit._internal import internal_error
 from obskit.integrations import _http
+from obskit.metrics import observe_traced
 
 __all__ = ["ROUTE_KEY", "ObskitWSGIMiddleware", "record_exception"]
 
@@ -152,11 +153,8 @@ class ObskitWSGIMiddleware:
             span = req.span
             recording = span is not None and span.is_recording()
             child = st.duration.labels(method, route, status)
-            if recording:
-                child.observe(duration,
-                              {"trace_id": format(span.get_span_context().trace_id, "032x")})
-            else:
-                child.observe(duration)
+            observe_traced(child, duration,
+                           format(span.get_span_context().trace_id, "032x") if recording else None)
             st.active.labels(method).dec()
             path = environ.get("PATH_INFO", "")
             fields: dict[str, Any] = {"method": method, "route": route, "path": path,

@@ -35,6 +35,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
+from obskit._fastspan import FastTracer
 from obskit.integrations import _amqp
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def instrument(handle: Handle) -> None:
         return
     tracer = trace.get_tracer("obskit.integrations.aio_pika",
                               tracer_provider=handle.tracer_provider)
-    _ins = _amqp.Instruments(tracer, handle.catalogue, "integration.aio_pika")
+    _ins = _amqp.Instruments(FastTracer(tracer), handle.catalogue, "integration.aio_pika")
     for owner, name, wrapper in _patches():
         wrapt.wrap_function_wrapper(owner, name, wrapper)
 

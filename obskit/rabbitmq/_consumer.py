@@ -22,6 +22,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY
+from obskit.metrics import observe_traced, trace_id_of
 
 from . import _headers as H
 from ._env import amqp_url
@@ -43,7 +44,6 @@ from ._telemetry import (
     SYSTEM,
     Telemetry,
     end_span,
-    exemplar_of,
     guarded,
     report,
     suppressed,
@@ -354,11 +354,7 @@ class Consumer:
             end_span(span)
         try:
             hist = self._m_duration[outcome]
-            ex = exemplar_of(span)
-            if ex is None:
-                hist.observe(time.perf_counter() - started)
-            else:
-                hist.observe(time.perf_counter() - started, ex)
+            observe_traced(hist, time.perf_counter() - started, trace_id_of(span))
         except Exception as exc:
             report(exc)
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +16,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from obskit._context import current_order, order_context
+from obskit._context import current_order, with_order
+from obskit.metrics import observe_traced, trace_id_of
 
 from ._env import amqp_url
 from ._propagation import inject as inject_headers
@@ -36,7 +36,6 @@ from ._telemetry import (
     Telemetry,
     encode_body,
     end_span,
-    exemplar_of,
     guarded,
     report,
     suppress_in,
@@ -124,6 +123,14 @@ class Publisher:
             self._exchanges.clear()
             return self._channel
 
+    def _cached_exchange(self, name: str) -> aio_pika.abc.AbstractExchange | None:
+        """The exchange object while its channel is open (no await on the hot path)."""
+        channel = self._channel
+        cached = self._exchanges.get(name)
+        if cached is not None and cached[0] is channel and not channel.is_closed:
+            return cached[1]
+        return None
+
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         channel = await self._ensure_channel()
         cached = self._exchanges.get(name)
@@ -145,18 +152,11 @@ class Publisher:
         ``order_id``/``channel`` set the order context for this publish (else the current
         ``order_context`` is used); they travel as W3C baggage in the headers.
         """
+        # Hot path, one coroutine deep (each await layer costs on every resume): plain
+        # try/except instead of guarded(), one context attach for "span is current" and
+        # "generic instrumentation suppressed" (see docs/performance-rabbitmq.md).
         mid = message_id or os.urandom(16).hex()  # 32 random hex digits, like uuid4().hex
-        ctx = order_context(order_id, channel) if order_id is not None else nullcontext()
-        with ctx:
-            return await self._publish(exchange, routing_key, body, mid, content_type,
-                                       headers, correlation_id, message_type, timeout)
-
-    async def _publish(self, exchange: str, routing_key: str, body: Any, mid: str,
-                       content_type: str | None, headers: Mapping[str, Any] | None,
-                       correlation_id: str | None, message_type: str | None,
-                       timeout: float | None) -> str:
-        # Hot path: plain try/except instead of guarded(), one context attach for "span is
-        # current" and "generic instrumentation suppressed" (see docs/performance-rabbitmq.md).
+        parent = with_order(order_id, channel) if order_id is not None else None
         payload, ctype = encode_body(body, content_type)
         tm = self._tm
         m = tm.metrics
@@ -169,9 +169,11 @@ class Publisher:
             ATTR_MESSAGE_ID: mid, ATTR_ROUTING_KEY: routing_key,
             ATTR_BODY_SIZE: len(payload), ATTR_SERVER_ADDRESS: self._server[0],
             ATTR_SERVER_PORT: self._server[1],
-        })
+        }, parent)
         try:
-            ctx = trace.set_span_in_context(span)
+            # The order's baggage (parent) and the publish span: what the headers carry and
+            # what is current while sending (log lines of a retry name the order).
+            ctx = trace.set_span_in_context(span, parent)
             hdrs: dict[str, Any] = dict(headers) if headers else {}
             try:
                 # The publish span is the parent of the consumer's process span.
@@ -201,7 +203,7 @@ class Publisher:
                     if span.is_recording():
                         span.set_status(Status(StatusCode.ERROR, str(exc)))
                         span.set_attribute("error.type", type(exc).__name__)
-                    order_id, _ = current_order()
+                    order_id, _ = current_order(ctx)
                     tm.log.error("publish failed", exchange=exchange, routing_key=routing_key,
                                  message_id=mid, reason=reason, error=str(exc),
                                  order_id=order_id)
@@ -211,11 +213,7 @@ class Publisher:
             try:
                 m.msg_confirmed.labels(SYSTEM, exchange, routing_key).inc()
                 hist = m.msg_publish_duration.labels(SYSTEM, exchange)
-                ex = exemplar_of(span)
-                if ex is None:
-                    hist.observe(time.perf_counter() - started)
-                else:
-                    hist.observe(time.perf_counter() - started, ex)
+                observe_traced(hist, time.perf_counter() - started, trace_id_of(span))
             except Exception as exc:
                 report(exc)
         finally:
@@ -224,14 +222,16 @@ class Publisher:
 
     async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message,
                     mid: str, timeout: float | None) -> None:
-        """Runs with generic aio-pika instrumentation suppressed (``_publish`` sets that)."""
+        """Runs with generic aio-pika instrumentation suppressed (``publish`` sets that)."""
         last: BaseException | None = None
         for attempt in range(self.reconnect_attempts + 1):
             if attempt:
                 # Bounded exponential backoff while the robust connection reconnects.
                 await asyncio.sleep(min(self.reconnect_backoff * 2 ** (attempt - 1), 5.0))
             try:
-                ex = await self._exchange(exchange)
+                ex = self._cached_exchange(exchange)
+                if ex is None:
+                    ex = await self._exchange(exchange)
                 await ex.publish(message, routing_key, mandatory=True,
                                  timeout=timeout or self.confirm_timeout)
                 return

@@ -14,6 +14,7 @@ from opentelemetry.context import set_value as _set_value
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
 from prometheus_client import CollectorRegistry
 
+from obskit._fastspan import FastTracer
 from obskit._internal import internal_error
 from obskit._semconv import (  # noqa: F401 - re-exported for this package
     ATTR_BODY_SIZE,
@@ -57,7 +58,8 @@ class Telemetry:
                  registry: CollectorRegistry | None) -> None:
         self.metrics: Catalogue = catalogue(registry)
         self.registry = registry
-        self.tracer = trace.get_tracer("obskit.rabbitmq", tracer_provider=tracer_provider)
+        self.tracer = FastTracer(trace.get_tracer("obskit.rabbitmq",
+                                                  tracer_provider=tracer_provider))
         self.log = get_logger("obskit.rabbitmq")
         self.service = service_name(tracer_provider)
 
@@ -115,14 +117,6 @@ def end_span(span: Span) -> None:
         _report(exc)
 
 
-def exemplar_of(span: Span) -> dict[str, str] | None:
-    """``obskit.metrics.exemplar()`` for a span we hold (no context lookup)."""
-    sc = span.get_span_context()
-    if not sc.is_valid or not sc.trace_flags.sampled:
-        return None
-    return {"trace_id": format(sc.trace_id, "032x")}
-
-
 def suppress_in(context: Context) -> Context:
     """``context`` with generic aio-pika instrumentation switched off (see ``suppressed``)."""
     return _set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
@@ -141,11 +135,26 @@ def utc_now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
+try:  # ~4x faster than json for a typical order body; json stays the fallback
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - a core dependency
+    _orjson = None  # type: ignore[assignment]
+# datetimes and dataclasses through default=str, as json.dumps(default=str) writes them.
+_ORJSON_OPTS = (_orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+                if _orjson is not None else 0)
+
+
 def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str]:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), content_type or "application/octet-stream"
     if isinstance(body, str):
         return body.encode(), content_type or "text/plain; charset=utf-8"
+    if _orjson is not None:
+        try:
+            return (_orjson.dumps(body, default=str, option=_ORJSON_OPTS),
+                    content_type or "application/json")
+        except (TypeError, ValueError):  # non-str keys, huge ints...: the standard library's way
+            pass
     return (json.dumps(body, separators=(",", ":"), default=str).encode(),
             content_type or "application/json")
 
