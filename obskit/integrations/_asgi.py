@@ -244,7 +244,7 @@ class ObskitASGIMiddleware:
         if trace_id is not None:
             fields["trace_id"] = trace_id
             fields["span_id"] = span_id
-        _http.add_request_fields(fields, request)
+        _http.add_request_fields(fields, request, _BAGGAGE in headers)
         _logging.emit(_ACCESS, "error" if status_code >= 500 else "info",
                       f"{method} {path} {status_code}", fields)
 

@@ -55,11 +55,15 @@ def request_id(incoming: bytes | None) -> str:
     return f"{_getrandbits(128):032x}"
 
 
-def add_request_fields(fields: dict[str, Any], request: dict[str, Any]) -> None:
-    """Copy what the handler put on the request (order id, channel, app fields) onto the line."""
+def add_request_fields(fields: dict[str, Any], request: dict[str, Any],
+                       baggage: bool = True) -> None:
+    """Copy what the handler put on the request (order id, channel, app fields) onto the line.
+
+    ``baggage=False``: the request carried no baggage header, so there is no caller's order.
+    """
     order_id = request.get("order_id")
     channel = request.get("channel")
-    if order_id is None:  # no order_context in the handler: the caller's baggage, if any
+    if order_id is None and baggage:  # no order_context in the handler: the caller's baggage
         order_id, channel = current_order()
     if order_id is not None:
         fields["order_id"] = order_id

@@ -15,13 +15,13 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY
+from obskit._context import current_order
 from obskit.metrics import observe_traced, trace_id_of
 
 from . import _headers as H
@@ -282,9 +282,8 @@ class Consumer:
     # --- per message -------------------------------------------------------------------------
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
-        if task is not None:
+        if task is not None:  # removed in the finally below: no done-callback per message
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         try:
             channel = self._channel  # retry/DLQ copies go out on the delivery's channel
             async with self._sem:
@@ -295,6 +294,9 @@ class Consumer:
         except asyncio.CancelledError:
             await _settle(message.nack, requeue=True)
             raise
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _process(self, message: aio_pika.abc.AbstractIncomingMessage,
                        channel: aio_pika.abc.AbstractChannel | None) -> None:
@@ -323,10 +325,7 @@ class Consumer:
             parent = trace.get_current_span(ctx).get_span_context()
             if parent.is_valid:
                 links.append(Link(parent))
-            oid = baggage.get_baggage(ORDER_ID_KEY, ctx)
-            och = baggage.get_baggage(ORDER_CHANNEL_KEY, ctx)
-            order_id = None if oid is None else str(oid)
-            order_channel = None if och is None else str(och)
+            order_id, order_channel = current_order(ctx)
         except Exception as exc:
             report(exc)
         attributes: dict[str, Any] = {
