@@ -63,11 +63,13 @@ class Telemetry:
         self.log = get_logger("obskit.rabbitmq")
         self.service = service_name(tracer_provider)
 
-    def start_span(self, name: str, kind: SpanKind, attributes: Mapping[str, Any],
+    def start_span(self, name: str, kind: SpanKind,
+                   attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
                    context: Context | None = None,
                    links: Sequence[Link] | None = None) -> Span:
         """A started (not current) span; a non-recording one if the tracer fails.
 
+        ``attributes`` may be a function that builds them: called only for a recording span.
         A broken tracer provider costs the message its span, never the message.
         """
         try:
@@ -75,6 +77,8 @@ class Telemetry:
             # not look at attributes, and unsampled messages never pay for them.
             span = self.tracer.start_span(name, context, kind, None, links)
             if span.is_recording():
+                if callable(attributes):
+                    attributes = attributes()
                 set_attributes_fast(span, dict(attributes))
             return span
         except Exception as exc:
