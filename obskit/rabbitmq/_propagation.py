@@ -39,10 +39,6 @@ except ImportError:  # pragma: no cover - a future API without it: no caching
 _default: tuple[object, bool] = (None, False)
 # The last baggage dict encoded and its header: one order's publishes share the dict.
 _last_baggage: tuple[object, str | None] = (None, None)
-# Small baggages (an order id and channel) by content: each publish builds a new dict.
-_encoded: dict[tuple[tuple[str, object], ...], str | None] = {}
-_MAX_ENCODED = 1024
-_SMALL = 4
 
 
 def _is_default() -> bool:
@@ -88,31 +84,19 @@ def _encode_baggage(entries: Mapping[str, object]) -> str | None:
     n = len(entries)
     if n > _MAX_FAST_PAIRS:
         return None
-    key = tuple(entries.items()) if n <= _SMALL else None
-    if key is not None:
-        try:
-            header = _encoded[key]
-        except (KeyError, TypeError):  # not seen, or an unhashable value
-            pass
-        else:
-            _last_baggage = (entries, header)
-            return header
-    parts = []
-    for k, v in entries.items():
-        k, v = str(k), str(v)
-        parts.append((k if _PLAIN(k) else quote_plus(k)) + "="
-                     + (v if _PLAIN(v) else quote_plus(v)))
-    header = ",".join(parts)
+    header = ",".join([f"{k}={v}" for k, v in entries.items()])
+    # One regex for the usual case (as many "=" as pairs: no "," or "=" inside a key or value);
+    # otherwise escape pair by pair.
+    if header.count("=") != n or not _BAGGAGE_PLAIN(header):
+        parts = []
+        for k, v in entries.items():
+            k, v = str(k), str(v)
+            parts.append((k if _PLAIN(k) else quote_plus(k)) + "="
+                         + (v if _PLAIN(v) else quote_plus(v)))
+        header = ",".join(parts)
     if len(header) > _MAX_FAST_BAGGAGE:
         return None
     _last_baggage = (entries, header)
-    if key is not None:
-        if len(_encoded) >= _MAX_ENCODED:
-            _encoded.clear()
-        try:
-            _encoded[key] = header
-        except TypeError:
-            pass
     return header
 
 

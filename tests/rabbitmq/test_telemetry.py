@@ -60,6 +60,8 @@ async def test_a_broken_tracer_provider_loses_no_message(url, topology, registry
     {"order.id": "A-1001", "order.channel": "b2c"},
     {"order.id": "a b+c/ü%", "order.channel": "b2b"},  # needs percent-encoding
     {"k": ""},
+    {"a": "b,c=d"},  # looks like two plain pairs once joined
+    {"a,b": "c", "x=y": "z"},
 ])
 def test_fast_headers_match_the_w3c_propagators(entries):
     provider = TracerProvider()
