@@ -74,6 +74,32 @@ def test_histograms_carry_trace_id_exemplars_in_openmetrics():
     assert exemplars and exemplars[0].labels == {"trace_id": trace_id}
 
 
+def test_a_bucket_exemplar_is_replaced_at_most_once_per_interval(monkeypatch):
+    from obskit import metrics
+
+    reg = CollectorRegistry()
+    child = Catalogue(reg).db_duration.labels("postgresql", "SELECT")
+
+    def exemplars() -> dict[str, str]:
+        families = text_string_to_metric_families(om_latest(reg).decode())
+        fam = next(f for f in families if f.name == "db_client_operation_duration_seconds")
+        return {s.labels["le"]: s.exemplar.labels["trace_id"]
+                for s in fam.samples if s.exemplar is not None}
+
+    metrics.observe_traced(child, 0.003, "a" * 32)
+    metrics.observe_traced(child, 0.003, "b" * 32)  # same bucket, within the interval: kept
+    metrics.observe_traced(child, 7.0, "c" * 32)  # a slow request: its bucket gets its own
+    metrics.observe_traced(child, 0.003, None)  # unsampled: counted, no exemplar
+    got = exemplars()
+    assert set(got.values()) == {"a" * 32, "c" * 32}
+    monkeypatch.setattr(metrics, "EXEMPLAR_INTERVAL", 0.0)
+    metrics.observe_traced(child, 0.003, "d" * 32)
+    assert set(exemplars().values()) == {"d" * 32, "c" * 32}
+    samples = {s.name: s.value for f in text_string_to_metric_families(om_latest(reg).decode())
+               for s in f.samples if s.name == "db_client_operation_duration_seconds_count"}
+    assert samples["db_client_operation_duration_seconds_count"] == 5
+
+
 def test_catalogue_matches_docs(repo_root):
     from obskit.metrics import markdown_table
 
