@@ -63,6 +63,12 @@ class _Entry:
     body: bytes
     loaded_at: float  # time.time() when the database was read; travels with the body in Redis
     gen: int  # the generation it was loaded under (hot views), -1 for lists
+    # Hot views only: what reloading it ahead of its readers needs (see _reloads), and when it
+    # was last read (views nobody reads are not refreshed).
+    name: str = ""
+    key: str = ""
+    loader: Loader | None = None
+    read_at: float = 0.0
 
 
 class DashboardCache:
@@ -100,6 +106,12 @@ class DashboardCache:
         self._gen_at = -1e9  # monotonic start of the lookup that gave ``_gen``
         self._gen_task: asyncio.Future[int] | None = None
         self._incrs = 0  # our own INCRs, so a slower lookup cannot roll ``_gen`` back
+        # Refresh-ahead (see _reloads): the poller that watches the generation, the reloads our
+        # own invalidations started, and the keys whose first reader waits for theirs.
+        self._poller: asyncio.Task[None] | None = None
+        self._last_hot_read = -1e9
+        self._refreshes: set[asyncio.Future[Any]] = set()
+        self._must_wait: set[str] = set()
 
     # --- public -----------------------------------------------------------------------------
     async def get_or_load(self, name: str, key: str, loader: Loader, *,
@@ -121,6 +133,8 @@ class DashboardCache:
                 return entry.body, "hit"
             return await self._fill(name, f"{self.prefix}:{_VERSION}:list:{key}", local_key,
                                     -1, loader, self.list_ttl)
+        self._last_hot_read = mono = time.monotonic()
+        self._ensure_poller()
         try:
             gen = await self._generation()
         except Exception as exc:
@@ -128,14 +142,20 @@ class DashboardCache:
             requests.labels(name, "error").inc()
             return await loader(), "error"
         if entry is not None and entry.gen == gen and now < entry.loaded_at + self.hot_ttl:
+            entry.read_at = mono
             requests.labels(name, "hit").inc()
             return entry.body, "hit"
-        full_key = f"{self.prefix}:{_VERSION}:hot:{gen}:{key}"
-        if (entry is not None and full_key in self._inflight
-                and now - entry.loaded_at <= self.max_stale):
-            requests.labels(name, "stale").inc()
-            return entry.body, "stale"
-        return await self._fill(name, full_key, local_key, gen, loader, self.hot_ttl)
+        full_key = self._hot_key(gen, key)
+        if full_key in self._inflight:
+            if full_key in self._must_wait:
+                # The first reader after this process's own change waits for the reload (it may
+                # be the one who made the change); the ones after it get the previous copy.
+                self._must_wait.discard(full_key)
+            elif entry is not None and now - entry.loaded_at <= self.max_stale:
+                entry.read_at = mono
+                requests.labels(name, "stale").inc()
+                return entry.body, "stale"
+        return await self._fill(name, full_key, local_key, gen, loader, self.hot_ttl, key)
 
     async def invalidate(self, trigger: str) -> None:
         """Drop every hot view (counts, newest orders) in all processes. Never raises.
@@ -155,8 +175,9 @@ class DashboardCache:
             self._trailing = asyncio.get_running_loop().create_task(self._later(wait, trigger))
 
     async def close(self) -> None:
-        if self._trailing is not None:
-            self._trailing.cancel()
+        for task in (self._trailing, self._poller, *self._refreshes):
+            if task is not None:
+                task.cancel()
         try:
             await self._cache.close()
         except Exception:  # closing a client whose server is gone
@@ -180,6 +201,7 @@ class DashboardCache:
         try:
             self._set_gen(await self._call(self._cache.incr(self._gen_key, expire=None)))
             catalogue().cache_invalidations.labels("dashboard", trigger).inc()
+            self._refresh_own(self._gen)
         except Exception as exc:
             self._failed("invalidate", exc)
         finally:
@@ -190,9 +212,19 @@ class DashboardCache:
         self._incrs += 1
         self._gen, self._gen_at = int(gen), time.monotonic()
 
+    def _hot_key(self, gen: int, key: str) -> str:
+        return f"{self.prefix}:{_VERSION}:hot:{gen}:{key}"
+
     async def _generation(self) -> int:
-        """The current generation; asks Redis at most once per ``generation_poll`` seconds."""
-        if time.monotonic() - self._gen_at < self.generation_poll:
+        """The current generation; asks Redis at most once per ``generation_poll`` seconds.
+
+        While the poller runs readers never ask: it keeps ``_gen_at`` fresh (a grace of a few
+        poll intervals covers its round trips).
+        """
+        age = time.monotonic() - self._gen_at
+        if age < self.generation_poll or (
+                age < 3 * self.generation_poll + 0.25
+                and self._poller is not None and not self._poller.done()):
             return self._gen
         if self._gen_task is None:  # one lookup for all the readers that arrive meanwhile
             self._gen_task = asyncio.ensure_future(self._fetch_generation())
@@ -213,7 +245,7 @@ class DashboardCache:
         return self._gen
 
     async def _fill(self, name: str, full_key: str, local_key: str, gen: int, loader: Loader,
-                    ttl: float) -> tuple[bytes, Result]:
+                    ttl: float, key: str = "") -> tuple[bytes, Result]:
         # Single flight per process: N readers missing the same key make one Redis lookup and
         # at most one query, and are counted as whatever that one got.
         requests = catalogue().cache_requests
@@ -222,8 +254,22 @@ class DashboardCache:
             body, result = await asyncio.shield(pending)
             requests.labels(name, result).inc()
             return body, result
-        fut: asyncio.Future[tuple[bytes, Result]] = asyncio.get_running_loop().create_future()
-        self._inflight[full_key] = fut
+        entry, result = await self._load(name, full_key, gen, loader, ttl, key)
+        self._store(local_key, entry)
+        requests.labels(name, result).inc()
+        return entry.body, result
+
+    async def _load(self, name: str, full_key: str, gen: int, loader: Loader, ttl: float,
+                    key: str, fut: asyncio.Future[tuple[bytes, Result]] | None = None
+                    ) -> tuple[_Entry, Result]:
+        """Redis, else the database, as the one in-flight load of ``full_key``.
+
+        ``fut``: the future already registered for ``full_key`` (a reload started ahead);
+        otherwise one is registered before the first await.
+        """
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[full_key] = fut
         try:
             entry, result = await self._redis_or_load(full_key, gen, loader, ttl)
         except BaseException as exc:
@@ -234,12 +280,108 @@ class DashboardCache:
             fut.set_result((entry.body, result))
         finally:
             self._inflight.pop(full_key, None)
+            self._must_wait.discard(full_key)
+        if gen >= 0:  # a hot view: remember how to refresh it ahead of its readers
+            entry.name, entry.key, entry.loader = name, key, loader
+            entry.read_at = time.monotonic()
+        return entry, result
+
+    def _store(self, local_key: str, entry: _Entry) -> None:
         self._local.pop(local_key, None)
         if len(self._local) >= LOCAL_ENTRIES:
             del self._local[next(iter(self._local))]  # the oldest
         self._local[local_key] = entry
-        requests.labels(name, result).inc()
-        return entry.body, result
+
+    # --- refresh-ahead ----------------------------------------------------------------------
+    def _reloads(self, gen: int, must_wait: bool) -> list[tuple[str, asyncio.Task[Any]]]:
+        """Start reloading, under ``gen``, the hot views read in the last ``hot_ttl`` seconds.
+
+        After a change the views are reloaded at once, in the background, rather than by their
+        next reader:
+
+        * a change made in this process (``_refresh_own``): the generation moves at once; the
+          first reader of a view waits for its reload (read-your-writes), the ones after it get
+          the previous copy until it is done (stale-while-revalidate);
+        * a change made elsewhere, seen by the poller (``_poll_once``): the views are reloaded
+          under the new generation first and switched in together with it, so readers keep
+          getting the previous copy as a hit and never wait. Such a change shows here within
+          ``generation_poll`` plus one reload.
+        """
+        mono = time.monotonic()
+        loop = asyncio.get_running_loop()
+        starts = []
+        for local_key, e in list(self._local.items()):
+            if e.loader is None or e.gen == gen or mono - e.read_at > self.hot_ttl:
+                continue
+            full_key = self._hot_key(gen, e.key)
+            if full_key in self._inflight:
+                continue
+            # Registered now, not when the task first runs: a reader arriving in between must
+            # find the reload in flight (and wait for the same future).
+            fut: asyncio.Future[tuple[bytes, Result]] = loop.create_future()
+            self._inflight[full_key] = fut
+            task = loop.create_task(self._reload(local_key, e, full_key, gen, fut, must_wait))
+            if must_wait:
+                self._must_wait.add(full_key)
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
+            starts.append((local_key, task))
+        return starts
+
+    async def _reload(self, local_key: str, old: _Entry, full_key: str, gen: int,
+                      fut: asyncio.Future[tuple[bytes, Result]], store: bool
+                      ) -> tuple[_Entry, Result]:
+        assert old.loader is not None
+        entry, result = await self._load(old.name, full_key, gen, old.loader, self.hot_ttl,
+                                         old.key, fut)
+        entry.read_at = old.read_at
+        if store and entry.gen == self._gen:  # not overtaken by a newer change meanwhile
+            # Stored before the readers waiting on ``fut`` resume (they run after this step).
+            self._store(local_key, entry)
+        return entry, result
+
+    def _refresh_own(self, gen: int) -> None:
+        for _, task in self._reloads(gen, must_wait=True):
+            # A failed reload: the next reader loads the view itself (and sees the error).
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _ensure_poller(self) -> None:
+        if self.generation_poll > 0 and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """Watch the generation while hot views are read; reload them ahead of a change."""
+        while time.monotonic() - self._last_hot_read < self.hot_ttl:
+            await asyncio.sleep(self.generation_poll)
+            if time.monotonic() < self._down_until:
+                continue  # readers load from the database meanwhile
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed("lookup", exc)
+
+    async def _poll_once(self) -> None:
+        incrs, asked_at, started = self._incrs, time.monotonic(), time.perf_counter()
+        try:
+            gen = int(await self._call(self._cache.get_raw(self._gen_key)) or 0)
+        finally:
+            observe(catalogue().cache_duration.labels(_SYSTEM, "lookup"),
+                    time.perf_counter() - started)
+        if incrs != self._incrs:  # we INCRed meanwhile: ours is newer than what we read
+            return
+        if gen != self._gen:
+            starts = self._reloads(gen, must_wait=False)
+            if starts:
+                await asyncio.gather(*(t for _, t in starts), return_exceptions=True)
+            if incrs != self._incrs:
+                return  # an own change overtook this one: its reloads are the newer ones
+            for local_key, task in starts:
+                if not task.cancelled() and task.exception() is None:
+                    self._store(local_key, task.result()[0])
+            self._gen = gen  # switched together with the reloaded views: no reader waits
+        self._gen_at = asked_at
 
     async def _redis_or_load(self, full_key: str, gen: int, loader: Loader,
                              ttl: float) -> tuple[_Entry, Result]:
