@@ -176,6 +176,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("request_id", "OBSKIT_REQUEST_ID", True, _bool,
            "Per HTTP request, take `X-Request-ID` (or generate one), return it in the response "
            "and put it on the span, the access-log line and every log line of the request."),
+    Option("server_timing", "OBSKIT_SERVER_TIMING", False, _bool,
+           "Add `Server-Timing: app;dur=<ms>` to every HTTP response: the server's time until "
+           "the response started, shown by browser devtools and readable by clients and load "
+           "tests. Off by default: a header per response costs a little."),
     Option("instrument_logging", "OBSKIT_INSTRUMENT_LOGGING", True, _bool,
            "Route standard-library `logging` records through obskit's pipeline."),
 )

@@ -61,6 +61,7 @@ _REQUEST_ID = b"x-request-id"
 _HOST = b"host"
 _WANTED = frozenset({_TRACEPARENT, _TRACESTATE, _BAGGAGE, _USER_AGENT, _REQUEST_ID, _HOST})
 _ACCESS = _http.ACCESS_LOGGER
+_SERVER_TIMING = _http.SERVER_TIMING.encode()
 _MAX_TEMPLATES = 10_000
 
 
@@ -122,6 +123,7 @@ class ObskitASGIMiddleware:
         request: dict[str, Any] = {}
         request_token = begin_request(request)
         rid_header: bytes | None = None
+        timing = st.server_timing
         try:
             method = scope["method"]
             if method not in _KNOWN_METHODS:
@@ -152,12 +154,14 @@ class ObskitASGIMiddleware:
             if message["type"] == "http.response.start":
                 nonlocal status_code
                 status_code = message["status"]
-                if rid_header is not None:
+                if rid_header is not None or timing:
                     try:
-                        message["headers"] = [*message.get("headers", ()),
-                                              (_REQUEST_ID, rid_header)]
+                        extra = [] if rid_header is None else [(_REQUEST_ID, rid_header)]
+                        if timing:
+                            extra.append((_SERVER_TIMING, _http.server_timing(start).encode()))
+                        message["headers"] = [*message.get("headers", ()), *extra]
                     except Exception as exc:
-                        internal_error("asgi.request_id", exc)
+                        internal_error("asgi.response_headers", exc)
             await send(message)
 
         error: BaseException | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from random import getrandbits as _getrandbits
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from obskit._context import current_order
@@ -33,6 +34,7 @@ class ServerState:
     duration: Any  # catalogue.http_server_duration (guarded family)
     active: Any  # catalogue.http_server_active
     request_id: bool = True  # accept/generate X-Request-ID (the `request_id` option)
+    server_timing: bool = False  # Server-Timing: app;dur=... (the `server_timing` option)
 
 
 _MAX_REQUEST_ID = 128
@@ -53,6 +55,14 @@ def request_id(incoming: bytes | None) -> str:
         if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
             return value
     return f"{_getrandbits(128):032x}"
+
+
+SERVER_TIMING = "server-timing"
+
+
+def server_timing(start: float) -> str:
+    """The ``Server-Timing`` value for a response starting now (``start``: perf_counter)."""
+    return f"app;dur={(perf_counter() - start) * 1000:.3f}"
 
 
 def add_request_fields(fields: dict[str, Any], request: dict[str, Any],
@@ -88,7 +98,8 @@ def configure(handle: Handle, user: str) -> ServerState:
     cat = handle.catalogue
     state = ServerState(tracer=tracer, duration=cat.http_server_duration,
                         active=cat.http_server_active,
-                        request_id=bool(handle.settings.request_id))
+                        request_id=bool(handle.settings.request_id),
+                        server_timing=bool(handle.settings.server_timing))
     _users.add(user)
     return state
 

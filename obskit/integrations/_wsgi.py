@@ -120,6 +120,8 @@ class ObskitWSGIMiddleware:
                 rid = req.fields.get("request_id")
                 if rid is not None:
                     headers = [*headers, ("X-Request-ID", rid)]
+                if st.server_timing:
+                    headers = [*headers, ("Server-Timing", _http.server_timing(req.start))]
             except Exception:  # noqa: S110 - never break the response over bookkeeping
                 pass
             return start_response(status, headers, exc_info)

@@ -276,3 +276,17 @@ async def test_plain_starlette_route_in_fastapi_gets_its_template(obs: Captured)
     assert line["route"] == "/metrics"
     (span,) = server_spans(obs)
     assert span.name == "GET /metrics" and span.attributes["http.route"] == "/metrics"
+
+
+async def test_server_timing_header_when_asked() -> None:
+    with init_for_tests("svc", disabled_instrumentations="pika,aio_pika", server_timing=True):
+        transport = httpx.ASGITransport(app=make_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get("/orders/1")
+    name, _, dur = r.headers["server-timing"].partition(";dur=")
+    assert name == "app" and 0 < float(dur) < 10_000
+    assert "x-request-id" in r.headers  # both extra headers
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app()),
+                                 base_url="http://t") as client:
+        with init_for_tests("svc", disabled_instrumentations="pika,aio_pika"):
+            assert "server-timing" not in (await client.get("/orders/1")).headers  # default off

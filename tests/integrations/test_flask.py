@@ -117,3 +117,10 @@ def test_flask_request_id_and_order_on_the_access_line(obs: Captured) -> None:
     assert (line["request_id"], line["order_id"], line["channel"]) == (rid, "o-1", "b2c")
     (stored,) = [x for x in obs.logs if x["event"] == "stored"]
     assert stored["request_id"] == rid
+
+
+def test_flask_server_timing_header_when_asked() -> None:
+    with init_for_tests("svc", server_timing=True):
+        r = make_app().test_client().get("/orders/7")
+    name, _, dur = r.headers["Server-Timing"].partition(";dur=")
+    assert name == "app" and float(dur) >= 0

@@ -260,12 +260,18 @@ async def scaling(fleet: Fleet, api: str, workers: list[int], n: int, concurrenc
 Target = tuple[str, str]  # (label, base URL)
 
 
-def _summarize(lat: dict[str, list[float]], served: dict[str, dict[str, int]]) -> dict[str, Any]:
+def _summarize(lat: dict[str, list[float]], served: dict[str, dict[str, int]],
+               server: dict[str, list[float]]) -> dict[str, Any]:
     out = {}
     for name, v in lat.items():
         n = max(1, len(v))
+        s = server[name]
         out[name] = {"requests": len(v), "p50_ms": round(statistics.median(v), 2) if v else None,
                      "p95_ms": round(pct(v, 95), 2),
+                     # in the server, from Server-Timing (obskit's server_timing option): the
+                     # endpoint's own time, without the client, the network and the HTTP parser
+                     "server_p50_ms": round(statistics.median(s), 3) if s else None,
+                     "server_p95_ms": round(pct(s, 95), 3) if s else None,
                      # served from cache: from this process's copy or Redis ("hit") or the
                      # previous copy while another reader reloads ("stale")
                      "hit_ratio": round((served[name].get("hit", 0)
@@ -274,18 +280,22 @@ def _summarize(lat: dict[str, list[float]], served: dict[str, dict[str, int]]) -
     return out
 
 
-def _new_tally() -> tuple[dict[str, list[float]], dict[str, dict[str, int]]]:
-    return {k: [] for k in ENDPOINTS}, {k: {} for k in ENDPOINTS}
+def _new_tally() -> tuple[dict[str, list[float]], dict[str, dict[str, int]],
+                          dict[str, list[float]]]:
+    return {k: [] for k in ENDPOINTS}, {k: {} for k in ENDPOINTS}, {k: [] for k in ENDPOINTS}
 
 
 async def _get(c: httpx.AsyncClient, name: str, lat: dict[str, list[float]],
-               served: dict[str, dict[str, int]]) -> None:
+               served: dict[str, dict[str, int]], server: dict[str, list[float]]) -> None:
     t0 = time.perf_counter()
     r = await c.get(ENDPOINTS[name])
     lat[name].append((time.perf_counter() - t0) * 1000)
     r.raise_for_status()
     how = r.headers.get("x-cache", "?")
     served[name][how] = served[name].get(how, 0) + 1
+    timing = r.headers.get("server-timing", "")
+    if ";dur=" in timing:  # app;dur=0.123
+        server[name].append(float(timing.rpartition(";dur=")[2]))
 
 
 async def closed_loop(base: str, n_readers: int, seconds: float, tally: Any) -> None:
@@ -340,22 +350,33 @@ async def interleaved(targets: list[Target], rounds: int, window: float,
     return {label: _summarize(*tallies[label]) for label, _ in targets}
 
 
-def _ratios(res: dict[str, Any], cached: str, uncached: str) -> dict[str, Any]:
-    return {name: {q: round(res[uncached][name][f"{q}_ms"] / res[cached][name][f"{q}_ms"], 1)
-                   for q in ("p50", "p95")} for name in ENDPOINTS}
+def _ratios(res: dict[str, Any], cached: str, uncached: str,
+            prefix: str = "") -> dict[str, Any]:
+    def ratio(name: str, q: str) -> float | None:
+        c, u = res[cached][name][f"{prefix}{q}_ms"], res[uncached][name][f"{prefix}{q}_ms"]
+        return round(u / c, 1) if c and u else None
+
+    return {name: {q: ratio(name, q) for q in ("p50", "p95")} for name in ENDPOINTS}
 
 
 def _table(say: Any, res: dict[str, Any], pairs: list[tuple[str, str, str]]) -> None:
     say(f"    {'endpoint':24} {'cached p50/p95 ms':>19} {'from cache':>10} "
-        f"{'uncached p50/p95 ms':>20} {'x p50':>6} {'x p95':>6}")
+        f"{'uncached p50/p95 ms':>20} {'x p50':>6} {'x p95':>6}   "
+        f"{'in the server (Server-Timing): cached / uncached p50, p95 ms':>30}  x p50  x p95")
     for title, cached, uncached in pairs:
         say(f"   [{title}]")
         x = _ratios(res, cached, uncached)
+        xs = _ratios(res, cached, uncached, "server_")
         for name in ENDPOINTS:
             c, u = res[cached][name], res[uncached][name]
-            say(f"    {name:24} {c['p50_ms']:>8.2f} / {c['p95_ms']:<8.2f} {c['hit_ratio']:>9.0%} "
-                f"{u['p50_ms']:>9.2f} / {u['p95_ms']:<8.2f} {x[name]['p50']:>6} "
-                f"{x[name]['p95']:>6}")
+            line = (f"    {name:24} {c['p50_ms']:>8.2f} / {c['p95_ms']:<8.2f} "
+                    f"{c['hit_ratio']:>9.0%} {u['p50_ms']:>9.2f} / {u['p95_ms']:<8.2f} "
+                    f"{x[name]['p50']:>6} {x[name]['p95']:>6}")
+            if c["server_p50_ms"] is not None and u["server_p50_ms"] is not None:
+                line += (f"   {c['server_p50_ms']:.3f} / {u['server_p50_ms']:.2f}, "
+                         f"{c['server_p95_ms']:.3f} / {u['server_p95_ms']:.2f}"
+                         f"  {xs[name]['p50']:>5} {xs[name]['p95']:>5}")
+            say(line)
 
 
 async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespace,
@@ -427,6 +448,9 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
     out["speedup"] = {model: {title: _ratios(out[model], cached, uncached)
                               for title, cached, uncached in pairs}
                       for model in ("quiet_one_reader", "open_loop", "closed_loop")}
+    out["speedup_in_server"] = {model: {title: _ratios(out[model], cached, uncached, "server_")
+                                        for title, cached, uncached in pairs}
+                                for model in ("quiet_one_reader", "open_loop", "closed_loop")}
     return out
 
 
@@ -445,7 +469,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
            "ORDERFLOW_RABBITMQ_URL": AMQP, "ORDERFLOW_REDIS_PREFIX": REDIS_PREFIX,
            "ORDERFLOW_RATE_LIMIT_B2C": "100000/second",
            "ORDERFLOW_MES_STAGE_DELAY": str(args.stage_delay),
-           "OBSKIT_LOG_LEVEL": args.log_level}
+           "OBSKIT_LOG_LEVEL": args.log_level,
+           # Server-Timing on every response: the endpoints' time in the server, beside the
+           # client's round trip.
+           "OBSKIT_SERVER_TIMING": "1"}
     fleet = Fleet(env, logdir)
     port, port_nc = free_port(), free_port()
     api, api_nc = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port_nc}"
