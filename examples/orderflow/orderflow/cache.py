@@ -14,13 +14,15 @@ re-encoding per request. Two kinds of entries, as the company's plan asks:
 
 Tiers: a lookup first tries this process's copy (a dict: no I/O, no await), then Redis (shared by
 every ingress), then the database. For hot views the process trusts its copy of the generation for
-``generation_poll`` seconds (0.1) before asking Redis again — that is how long another process's
-invalidation can take to show here; an invalidation made by this process shows at once.
+``generation_poll`` seconds (0.1) before asking Redis again (the poller asks for all readers while
+it runs) — another process's invalidation shows here within that plus one reload; an
+invalidation made by this process shows at once.
 
-Stale-while-revalidate: while one reader reloads an invalidated hot view, the others of this
-process get the previous copy (``X-Cache: stale``) instead of queueing behind the query, if that
-copy was loaded at most ``max_stale`` seconds ago. The reader that triggers the reload waits for
-it, so a reader who caused or follows a change never sees the old version.
+Refresh-ahead: after a change the hot views read lately are reloaded at once, in the background,
+instead of by their next reader (see ``_reloads``). For a change made in this process the first
+reader of a view waits for its reload (read-your-writes) and the others get the previous copy
+(``X-Cache: stale``) if it was loaded at most ``max_stale`` seconds ago; a change made elsewhere is
+seen by a poller, reloaded under the new generation and switched in with it, so no reader waits.
 
 Redis down means slower, not broken: a hot-view lookup that cannot reach Redis loads from the DB
 and is counted as ``cache_requests_total{result="error"}``. After a failure Redis is skipped for
