@@ -29,7 +29,7 @@ from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace import Event, Span, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
@@ -41,7 +41,14 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.span import TraceState
 
 from obskit._internal import internal_error
@@ -54,6 +61,7 @@ except ImportError:  # older API: FastTracer's self-check fails and the SDK path
     _clean_value = None  # type: ignore[assignment]
 
 _INTERNAL = SpanKind.INTERNAL
+_UNSET_STATUS = Status(StatusCode.UNSET)  # what an SDK span starts with
 _EMPTY_STATE = TraceState()
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
@@ -198,7 +206,7 @@ class FastTracer:
     def __init__(self, sdk_tracer: Any) -> None:
         self.sdk = sdk_tracer
         self.fast = False
-        self.unset_status = ReadableSpan("x")._status
+        self.unset_status = _UNSET_STATUS
         if not isinstance(sdk_tracer, SdkTracer):  # a proxy or another SDK: nothing to speed up
             return
         try:
