@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from obskit import _config, _logging, _tracing
+from obskit._internal import internal_error
 from obskit.integrations import IntegrationStatus, instrument_all, uninstrument_all
 from obskit.metrics import Catalogue, catalogue, set_active
 
@@ -177,3 +178,9 @@ def _after_fork_in_child() -> None:
     if handle is not None:
         handle.metrics_server = None
         handle.pid = os.getpid()
+        try:
+            _tracing.renew_instance_id(
+                p.resource for p in (handle.tracer_provider, handle.logger_provider)
+                if p is not None)
+        except Exception as exc:
+            internal_error("fork.instance_id", exc)

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -34,7 +34,24 @@ from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY, current_order
 from obskit._fastspan import LeanSpan
 from obskit.metrics import Catalogue
 
+#: This process's ``service.instance.id`` unless the app sets one; a forked worker gets its own.
 INSTANCE_ID = str(uuid.uuid4())
+
+
+def renew_instance_id(resources: Iterable[Any]) -> str:
+    """A forked worker is an instance of its own: give it a new ``service.instance.id``.
+
+    The id is replaced in place in ``resources`` (the providers' resources, shared by every
+    tracer and span already created) where it is the one obskit generated; an id the app set
+    stays. Resources are immutable in the SDK's API, hence the write to their attribute store.
+    """
+    global INSTANCE_ID
+    old, INSTANCE_ID = INSTANCE_ID, str(uuid.uuid4())
+    for resource in resources:
+        data = getattr(getattr(resource, "_attributes", None), "_dict", None)
+        if isinstance(data, dict) and data.get("service.instance.id") == old:
+            data["service.instance.id"] = INSTANCE_ID
+    return INSTANCE_ID
 
 
 def build_resource(settings: Settings) -> Resource:

@@ -212,8 +212,13 @@ def test_fork_child_keeps_working(tmp_path):
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
-    names = sorted(json.loads(line)["name"] for line in spans_file.read_text().splitlines())
-    assert names == ["in-child", "parent-after-fork", "parent-before-fork"]
+    spans = {s["name"]: s for s in map(json.loads, spans_file.read_text().splitlines())}
+    assert sorted(spans) == ["in-child", "parent-after-fork", "parent-before-fork"]
+    # A forked worker is an instance of its own (its spans must not look like the parent's).
+    instance = {name: s["resource"]["attributes"]["service.instance.id"]
+                for name, s in spans.items()}
+    assert instance["parent-before-fork"] == instance["parent-after-fork"]
+    assert instance["in-child"] != instance["parent-before-fork"]
     child_logs = [json.loads(line) for line in r.stdout.splitlines() if "child says hi" in line]
     assert len(child_logs) == 1 and child_logs[0]["trace_id"]
 
