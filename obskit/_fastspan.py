@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -156,23 +157,21 @@ class LeanSpan(Span):
             return
         limits = self._limits
         events = self._events
-        if events == ():
-            events = self._events = []
-        if limits.max_events is not None and len(events) >= limits.max_events:
-            return
+        if events == ():  # past the limit the oldest is dropped and counted, as the SDK does
+            events = self._events = BoundedList(limits.max_events)
         events.append(Event(name=name, timestamp=timestamp, attributes=BoundedAttributes(
             limits.max_event_attributes, attributes,
             max_value_len=limits.max_attribute_length, immutable=True)))
 
     def add_link(self, context: SpanContext, attributes: Any = None) -> None:
-        if self._end_time is not None or context is None or not context.is_valid:
+        if self._end_time is not None or context is None:
+            return
+        if not (context.is_valid or attributes or context.trace_state):  # the SDK's rule
             return
         limits = self._limits
         links = self._links
         if links == ():
-            links = self._links = []
-        if limits.max_links is not None and len(links) >= limits.max_links:
-            return
+            links = self._links = BoundedList(limits.max_links)
         links.append(trace_api.Link(context, BoundedAttributes(
             limits.max_link_attributes, attributes,
             max_value_len=limits.max_attribute_length, immutable=True)))

@@ -200,20 +200,26 @@ def test_processors_see_start_and_end() -> None:
     assert rec.ended == [span]
 
 
-def test_attribute_limits_like_the_sdk() -> None:
-    p, exporter = provider(span_limits=SpanLimits(max_span_attributes=2, max_events=1))
-    fast = FastTracer(p.get_tracer("s"))
-    span = fast.start_span("x")
-    for i in range(4):
-        span.set_attribute(f"k{i}", i)
-    span.set_attribute("", 1)  # invalid key: dropped
-    span.add_event("a")
-    span.add_event("b")
-    span.end()
-    (lean,) = exporter.get_finished_spans()
-    assert dict(lean.attributes) == {"k2": 2, "k3": 3}
-    assert lean.dropped_attributes == 3
-    assert [e.name for e in lean.events] == ["a"]
+def test_limits_like_the_sdk() -> None:
+    p, exporter = provider(span_limits=SpanLimits(max_span_attributes=2, max_events=1,
+                                                  max_links=1))
+    for tracer in (FastTracer(p.get_tracer("s")), p.get_tracer("s")):
+        span = tracer.start_span("x")
+        for i in range(4):
+            span.set_attribute(f"k{i}", i)
+        span.set_attribute("", 1)  # invalid key: dropped
+        span.add_event("a")
+        span.add_event("b")
+        span.add_link(SpanContext(5, 6, True, TraceFlags(1)))
+        span.add_link(SpanContext(7, 8, True, TraceFlags(1)))
+        span.add_link(SpanContext(0, 0, False))  # invalid, no attributes: ignored
+        span.end()
+    lean, sdk = exporter.get_finished_spans()
+    assert type(lean) is LeanSpan
+    assert comparable(lean) == comparable(sdk)
+    assert dict(lean.attributes) == {"k2": 2, "k3": 3} and lean.dropped_attributes == 3
+    assert [e.name for e in lean.events] == ["b"] and lean.dropped_events == 1
+    assert lean.links[0].context.span_id == 8 and lean.dropped_links == 1
 
 
 def test_a_value_length_limit_uses_the_sdk_path() -> None:
