@@ -1,6 +1,7 @@
 """Test bed: the real PostgreSQL, RabbitMQ and Redis, isolated per run.
 
-* database ``orderflow_test`` (recreated per session),
+* databases ``orderflow_test_<run>`` and ``orderflow_dash_test_<run>`` (created for the run and
+  dropped at its end, so two runs on one machine do not clash),
 * a RabbitMQ vhost of our own (deleted at the end),
 * a Redis key prefix of our own (rate-limit buckets do not leak between runs),
 * the ingress, outbox relay and status consumer as real processes; tests start MES workers
@@ -26,7 +27,11 @@ import pytest
 from orderflow import migrations
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-TEST_DB = "orderflow_test"
+# One id per test run, shared with the test modules (and the processes they start) by the
+# environment: the dashboard tests name their database after it too.
+RUN = os.environ.setdefault("ORDERFLOW_TEST_RUN", uuid.uuid4().hex[:8])
+TEST_DB = f"orderflow_test_{RUN}"
+DASH_TEST_DB = f"orderflow_dash_test_{RUN}"
 MGMT = "http://127.0.0.1:15672/api"
 AUTH = ("guest", "guest")
 
@@ -37,15 +42,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _databases_of_this_run() -> Iterator[None]:
+    yield
+    for name in (TEST_DB, DASH_TEST_DB):
+        _drop_database(name)
+
+
 @pytest.fixture(scope="session")
 def env() -> Iterator[dict[str, str]]:
     run = uuid.uuid4().hex[:8]
     vhost = f"orderflow-test-{run}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (TEST_DB,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
+    _drop_database(TEST_DB)
     httpx.put(f"{MGMT}/vhosts/{vhost}", auth=AUTH).raise_for_status()
     httpx.put(f"{MGMT}/permissions/{vhost}/guest", auth=AUTH,
               json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()

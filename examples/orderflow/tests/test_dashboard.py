@@ -1,6 +1,6 @@
 """MES dashboard endpoints and their cache, against the real PostgreSQL and Redis.
 
-Own database (``orderflow_dash_test``) and a unique Redis key prefix per test, so nothing here
+Own database (``orderflow_dash_test_<run>``) and a unique Redis key prefix per test, so nothing here
 sees other tests' orders or cache entries.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,9 @@ from orderflow.api import dashboard
 from orderflow.db import open_pool
 from orderflow.migrations import upgrade
 
-DSN = "postgresql://postgres@127.0.0.1:5432/orderflow_dash_test"
+# Named after the run (conftest.py): two runs at once do not share it.
+DSN = ("postgresql://postgres@127.0.0.1:5432/"
+       f"orderflow_dash_test_{os.environ['ORDERFLOW_TEST_RUN']}")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DOWN_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: "Redis is down"
 

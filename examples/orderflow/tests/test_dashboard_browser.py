@@ -24,7 +24,9 @@ import pytest
 
 from orderflow.migrations import upgrade
 
-DSN = "postgresql://postgres@127.0.0.1:5432/orderflow_dash_test"
+# Named after the run (conftest.py): two runs at once do not share it.
+DSN = ("postgresql://postgres@127.0.0.1:5432/"
+       f"orderflow_dash_test_{os.environ['ORDERFLOW_TEST_RUN']}")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver")
