@@ -17,7 +17,7 @@ Everything the provider decides is still honoured: its processors see ``on_start
 exactly as with SDK spans, its id generator, resource, span limits and tracer configuration are
 used, and a sampler obskit does not know is asked through ``should_sample`` (its attributes and
 trace state kept). When the SDK's internals differ from what this module expects (another SDK
-version), ``FastTracer`` hands every call to the SDK tracer instead — checked once, at creation.
+version), ``FastTracer`` hands every call to the SDK tracer instead — checked once per process.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ except ImportError:  # older API: FastTracer's self-check fails and the SDK path
 
 _INTERNAL = SpanKind.INTERNAL
 _UNSET_STATUS = Status(StatusCode.UNSET)  # what an SDK span starts with
+_lean_spans_work: bool | None = None  # FastTracer._self_check() of this process
 _EMPTY_STATE = TraceState()
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
@@ -222,7 +223,10 @@ class FastTracer:
             self.max_attributes = self.limits.max_span_attributes or 128
             self._random_ids = type(self.ids) is RandomIdGenerator
             self._metrics_noop = type(self._metrics).__name__ == "NoOpTracerMetrics"
-            self.fast = self._self_check()
+            global _lean_spans_work
+            if _lean_spans_work is None:  # a property of the SDK version: checked once
+                _lean_spans_work = self._self_check()
+            self.fast = _lean_spans_work
         except Exception as exc:  # another SDK version: the SDK path, always correct
             internal_error("fastspan.init", exc)
             self.fast = False

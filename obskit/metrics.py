@@ -107,14 +107,6 @@ class _Guarded:
         return getattr(self.metric, item)
 
 
-def exemplar() -> dict[str, str] | None:
-    """``{"trace_id": ...}`` for the current recording span, else None."""
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid or not ctx.trace_flags.sampled:
-        return None
-    return {"trace_id": format(ctx.trace_id, "032x")}
-
-
 #: A bucket's exemplar is replaced at most this often (seconds). Prometheus keeps one exemplar per
 #: bucket and reads it once per scrape, so replacing it on every observation only costs: building
 #: and validating an exemplar is 1.2 µs of a 2 µs observe. A bucket that is rarely hit (the slow

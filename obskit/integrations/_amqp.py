@@ -61,6 +61,13 @@ class Instruments:
     def report(self, exc: BaseException) -> None:
         internal_error(self.component, exc)
 
+    @classmethod
+    def of(cls, handle: Any, integration: str) -> Instruments:
+        """The instruments of ``integration`` (``"pika"``, ``"aio_pika"``) under ``handle``."""
+        tracer = trace.get_tracer(f"obskit.integrations.{integration}",
+                                  tracer_provider=handle.tracer_provider)
+        return cls(FastTracer(tracer), handle.catalogue, f"integration.{integration}")
+
 
 def enabled() -> bool:
     """False inside ``opentelemetry.instrumentation.utils.suppress_instrumentation()``.

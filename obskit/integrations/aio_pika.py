@@ -31,11 +31,9 @@ from copy import copy
 from typing import TYPE_CHECKING, Any
 
 import wrapt
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
-from obskit._fastspan import FastTracer
 from obskit.integrations import _amqp
 
 if TYPE_CHECKING:
@@ -82,9 +80,7 @@ def instrument(handle: Handle) -> None:
     global _ins
     if _ins is not None:
         return
-    tracer = trace.get_tracer("obskit.integrations.aio_pika",
-                              tracer_provider=handle.tracer_provider)
-    _ins = _amqp.Instruments(FastTracer(tracer), handle.catalogue, "integration.aio_pika")
+    _ins = _amqp.Instruments.of(handle, "aio_pika")
     for owner, name, wrapper in _patches():
         wrapt.wrap_function_wrapper(owner, name, wrapper)
 

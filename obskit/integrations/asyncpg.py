@@ -11,6 +11,7 @@ import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _db
+from obskit.integrations._contrib import Contrib
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -20,8 +21,7 @@ LIBRARIES = ("asyncpg", "opentelemetry.instrumentation.asyncpg")
 _CONNECTION_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow")
 _PREPARED_METHODS = ("fetch", "fetchval", "fetchrow", "executemany", "fetchmany")
 
-_instrumentor: Any = None
-_owned = False
+_contrib = Contrib()
 
 
 async def _connection_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -46,34 +46,27 @@ async def _prepared_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
 
 
 def instrument(handle: Handle) -> None:
-    global _instrumentor, _owned
     _db.traced_drivers.add("asyncpg")
-    if _instrumentor is not None:
+    if _contrib.active:
         return
     import asyncpg
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    inst = AsyncPGInstrumentor()
-    # Someone else's instrumentation stays theirs: we only undo what we did.
-    _owned = not inst.is_instrumented_by_opentelemetry
-    if _owned:
-        inst.instrument(tracer_provider=handle.tracer_provider)
     conn_cls = asyncpg.connection.Connection
-    if not hasattr(conn_cls.__dict__.get("fetch"), "__wrapped__"):
-        raise RuntimeError("AsyncPGInstrumentor did not patch asyncpg.Connection")
+    _contrib.instrument(AsyncPGInstrumentor(), handle,
+                        lambda: hasattr(conn_cls.__dict__.get("fetch"), "__wrapped__"),
+                        "asyncpg.Connection")
     for name in _CONNECTION_METHODS:
         wrapt.wrap_function_wrapper(conn_cls, name, _connection_call)
     stmt_cls = asyncpg.prepared_stmt.PreparedStatement
     for name in _PREPARED_METHODS:
         if name in stmt_cls.__dict__:
             wrapt.wrap_function_wrapper(stmt_cls, name, _prepared_call)
-    _instrumentor = inst
 
 
 def uninstrument() -> None:
-    global _instrumentor
     _db.traced_drivers.discard("asyncpg")
-    if _instrumentor is None:
+    if not _contrib.active:
         return
     import asyncpg
 
@@ -81,6 +74,4 @@ def uninstrument() -> None:
         unwrap(asyncpg.connection.Connection, name)
     for name in _PREPARED_METHODS:
         unwrap(asyncpg.prepared_stmt.PreparedStatement, name)
-    if _owned:
-        _instrumentor.uninstrument()
-    _instrumentor = None
+    _contrib.uninstrument()

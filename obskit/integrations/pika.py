@@ -28,11 +28,9 @@ from copy import copy
 from typing import TYPE_CHECKING, Any
 
 import wrapt
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import unwrap
 
-from obskit._fastspan import FastTracer
 from obskit.integrations import _amqp
 
 if TYPE_CHECKING:
@@ -67,8 +65,7 @@ def instrument(handle: Handle) -> None:
     global _ins
     if _ins is not None:
         return
-    tracer = trace.get_tracer("obskit.integrations.pika", tracer_provider=handle.tracer_provider)
-    _ins = _amqp.Instruments(FastTracer(tracer), handle.catalogue, "integration.pika")
+    _ins = _amqp.Instruments.of(handle, "pika")
     wrappers: dict[tuple[str, str], Callable[..., Any]] = {
         ("BlockingChannel", "basic_publish"): _publish,
         ("BlockingChannel", "basic_consume"): _basic_consume,

@@ -11,14 +11,14 @@ import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _db
+from obskit.integrations._contrib import Contrib
 
 if TYPE_CHECKING:
     from obskit._init import Handle
 
 LIBRARIES = ("redis", "opentelemetry.instrumentation.redis")
 
-_instrumentor: Any = None
-_owned = False
+_contrib = Contrib()
 _wrapped: list[tuple[Any, str]] = []
 
 
@@ -67,21 +67,17 @@ async def _pipeline_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -
 
 
 def instrument(handle: Handle) -> None:
-    global _instrumentor, _owned
-    if _instrumentor is not None:
+    if _contrib.active:
         return
     import redis
     import redis.asyncio.client
     import redis.client
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    inst = RedisInstrumentor()
-    # Someone else's instrumentation stays theirs: we only undo what we did.
-    _owned = not inst.is_instrumented_by_opentelemetry
-    if _owned:
-        inst.instrument(tracer_provider=handle.tracer_provider)
-    if not hasattr(redis.Redis.__dict__.get("execute_command"), "__wrapped__"):
-        raise RuntimeError("RedisInstrumentor did not patch redis.Redis.execute_command")
+    _contrib.instrument(
+        RedisInstrumentor(), handle,
+        lambda: hasattr(redis.Redis.__dict__.get("execute_command"), "__wrapped__"),
+        "redis.Redis.execute_command")
     targets = [
         (redis.Redis, "execute_command", _execute_command),
         (redis.client.Pipeline, "execute", _pipeline),
@@ -91,15 +87,11 @@ def instrument(handle: Handle) -> None:
     for owner, name, wrapper in targets:
         wrapt.wrap_function_wrapper(owner, name, wrapper)
         _wrapped.append((owner, name))
-    _instrumentor = inst
 
 
 def uninstrument() -> None:
-    global _instrumentor
-    if _instrumentor is None:
+    if not _contrib.active:
         return
     while _wrapped:
         unwrap(*_wrapped.pop())
-    if _owned:
-        _instrumentor.uninstrument()
-    _instrumentor = None
+    _contrib.uninstrument()

@@ -3,51 +3,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
 from obskit.integrations import _client
+from obskit.integrations._contrib import Contrib
 
 if TYPE_CHECKING:
     from obskit._init import Handle
 
 LIBRARIES = ("requests", "opentelemetry.instrumentation.requests")
 
-_instrumentor: Any = None
-_owned = False
-_patched = False
+_contrib = Contrib()
 
 
 def instrument(handle: Handle) -> None:
-    global _instrumentor, _patched, _owned
-    if _patched:
+    if _contrib.active:
         return
     import requests
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
     _client.prefer_stable_http_semconv()
-    _instrumentor = RequestsInstrumentor()
-    # Someone else's instrumentation stays theirs: we only undo what we did.
-    _owned = not _instrumentor.is_instrumented_by_opentelemetry
-    if _owned:
-        _instrumentor.instrument(tracer_provider=handle.tracer_provider)
-    if not _client.is_wrapped(requests.Session, "send"):
-        # The contrib instrumentor logs and does nothing on a version conflict: say so.
-        raise RuntimeError("RequestsInstrumentor did not patch requests.Session.send")
+    _contrib.instrument(RequestsInstrumentor(), handle,
+                        lambda: _client.is_wrapped(requests.Session, "send"),
+                        "requests.Session.send")
     wrapt.wrap_function_wrapper(requests.Session, "send", _client.timed_send)
-    _patched = True
 
 
 def uninstrument() -> None:
-    global _patched, _instrumentor
-    if not _patched:
+    if not _contrib.active:
         return
     import requests
 
     unwrap(requests.Session, "send")  # ours (outermost) first, then the contrib one
-    if _instrumentor is not None and _owned:
-        _instrumentor.uninstrument()
-    _instrumentor = None
-    _patched = False
+    _contrib.uninstrument()

@@ -254,16 +254,22 @@ async def test_invalidation_from_another_process_is_seen(
         await other.close()
 
 
-async def test_a_change_elsewhere_is_reloaded_ahead_and_no_reader_waits() -> None:
-    release = asyncio.Event()
-    loads = 0
+class SlowReload:
+    """A loader whose first load is quick and whose reloads wait for ``release``."""
 
-    async def load() -> bytes:
-        nonlocal loads
-        loads += 1
-        if loads > 1:
-            await release.wait()  # a slow reload
-        return b"v%d" % loads
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.loads = 0
+
+    async def __call__(self) -> bytes:
+        self.loads += 1
+        if self.loads > 1:
+            await self.release.wait()  # a slow reload
+        return b"v%d" % self.loads
+
+
+async def test_a_change_elsewhere_is_reloaded_ahead_and_no_reader_waits() -> None:
+    load = SlowReload()
 
     async for c in _make_cache(REDIS_URL, generation_poll=0.05):
         other = dcache.DashboardCache(REDIS_URL, prefix=c.prefix.removesuffix(":dash"))
@@ -271,15 +277,15 @@ async def test_a_change_elsewhere_is_reloaded_ahead_and_no_reader_waits() -> Non
             assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v1", "miss")
             await other.invalidate("status_changed")  # e.g. the status consumer's process
             await asyncio.sleep(0.2)  # the poller has seen it and is reloading
-            assert loads == 2
+            assert load.loads == 2
             for _ in range(3):  # readers meanwhile: the previous copy, at once
                 got = await asyncio.wait_for(
                     c.get_or_load("dashboard_summary", "k", load, hot=True), 0.5)
                 assert got == (b"v1", "hit")
-            release.set()
+            load.release.set()
             await asyncio.sleep(0.1)
             assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v2", "hit")
-            assert loads == 2  # the reload was the poller's, not a reader's
+            assert load.loads == 2  # the reload was the poller's, not a reader's
         finally:
             await other.close()
 
@@ -334,15 +340,7 @@ async def test_another_ingress_fills_from_redis_and_keeps_the_list_ttl(
 
 
 async def test_readers_get_the_previous_copy_while_one_reloads() -> None:
-    release = asyncio.Event()
-    loads = 0
-
-    async def load() -> bytes:
-        nonlocal loads
-        loads += 1
-        if loads > 1:
-            await release.wait()  # a slow reload
-        return b"v%d" % loads
+    load = SlowReload()
 
     async for c in _make_cache(REDIS_URL, max_stale=5.0):
         assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v1", "miss")
@@ -355,10 +353,10 @@ async def test_readers_get_the_previous_copy_while_one_reloads() -> None:
             c.get_or_load("dashboard_summary", "k", load, hot=True), 1.0) for _ in range(3)]
         assert others == [(b"v1", "stale")] * 3  # ...the others get the previous copy at once
         assert count("dashboard_summary", "stale") == stale + 3
-        release.set()
+        load.release.set()
         assert await reloader == (b"v2", "miss")
         assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v2", "hit")
-        assert loads == 2
+        assert load.loads == 2
 
 
 async def test_no_stale_copy_older_than_max_stale() -> None:
