@@ -115,17 +115,37 @@ EXEMPLAR_INTERVAL = 1.0
 _exemplar_at: dict[tuple[Any, int], float] = {}  # (histogram child, bucket index) -> monotonic
 
 
+def _exemplar_due(child: Any, value: float) -> tuple[Any, int] | None:
+    """The (child, bucket) key when ``value``'s bucket may take a new exemplar now, else None."""
+    bounds = getattr(child, "_upper_bounds", None)
+    if bounds is None:
+        return None
+    key = (child, bisect_left(bounds, value))
+    if monotonic() - _exemplar_at.get(key, -EXEMPLAR_INTERVAL) >= EXEMPLAR_INTERVAL:
+        return key
+    return None
+
+
 def observe_traced(child: Any, value: float, trace_id: str | None) -> None:
     """Observe ``value``; ``trace_id`` becomes the bucket's exemplar unless it got one lately."""
     if trace_id is not None:
-        bounds = getattr(child, "_upper_bounds", None)
-        if bounds is not None:
-            key = (child, bisect_left(bounds, value))
-            now = monotonic()
-            if now - _exemplar_at.get(key, -EXEMPLAR_INTERVAL) >= EXEMPLAR_INTERVAL:
-                _exemplar_at[key] = now
-                child.observe(value, {"trace_id": trace_id})
-                return
+        key = _exemplar_due(child, value)
+        if key is not None:
+            _exemplar_at[key] = monotonic()
+            child.observe(value, {"trace_id": trace_id})
+            return
+    child.observe(value)
+
+
+def observe_span(child: Any, value: float, span: Any) -> None:
+    """``observe_traced`` with ``span``'s trace id, formatted only when the bucket takes it."""
+    key = _exemplar_due(child, value)
+    if key is not None:
+        trace_id = trace_id_of(span)
+        if trace_id is not None:
+            _exemplar_at[key] = monotonic()
+            child.observe(value, {"trace_id": trace_id})
+            return
     child.observe(value)
 
 
@@ -139,7 +159,7 @@ def trace_id_of(span: Any) -> str | None:
 
 def observe(histogram_child: Any, value: float) -> None:
     """Observe with the current span's trace_id as exemplar when one is available."""
-    observe_traced(histogram_child, value, trace_id_of(trace.get_current_span()))
+    observe_span(histogram_child, value, trace.get_current_span())
 
 
 class Catalogue:

@@ -42,7 +42,7 @@ from obskit._semconv import (  # noqa: F401 - re-exported for the integrations
     DEFAULT_EXCHANGE,
     MESSAGING_SYSTEM_RABBITMQ,
 )
-from obskit.metrics import observe_traced, trace_id_of
+from obskit.metrics import observe_span
 
 SYSTEM = MESSAGING_SYSTEM_RABBITMQ
 
@@ -251,7 +251,7 @@ def end_delivery(d: Delivery | None, error: BaseException | None = None) -> None
                                 else "auto_ack" if d.auto_ack else "unsettled")
         elapsed = time.perf_counter() - d.started
         child = d.ins.catalogue.msg_process_duration.labels(SYSTEM, d.queue, outcome)
-        observe_traced(child, elapsed, trace_id_of(d.span))
+        observe_span(child, elapsed, d.span)
         d.span.set_attribute("messaging.rabbitmq.outcome", outcome)
         d.span.end()
     except Exception as exc:

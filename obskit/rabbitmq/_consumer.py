@@ -22,7 +22,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from obskit._context import current_order
-from obskit.metrics import observe_traced, trace_id_of
+from obskit.metrics import observe_span
 
 from . import _headers as H
 from ._env import amqp_url
@@ -333,7 +333,7 @@ class Consumer:
                     end_span(span)
                 try:
                     hist = self._m_duration[outcome]
-                    observe_traced(hist, time.perf_counter() - started, trace_id_of(span))
+                    observe_span(hist, time.perf_counter() - started, span)
                 except Exception as exc:
                     report(exc)
         except asyncio.CancelledError:

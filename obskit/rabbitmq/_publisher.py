@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from obskit._context import current_order, with_order
-from obskit.metrics import observe_traced, trace_id_of
+from obskit.metrics import observe_span
 
 from ._env import amqp_url
 from ._propagation import inject as inject_headers
@@ -38,7 +39,6 @@ from ._telemetry import (
     end_span,
     guarded,
     report,
-    suppress_in,
 )
 from .errors import (
     PublishConnectionError,
@@ -57,6 +57,26 @@ _TRANSIENT = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
 )
+
+
+_TICKS_PER_LIMIT = 10
+_MAX_SERIES = 1_000  # destinations whose metric children a publisher keeps
+_Properties = aiormq.spec.Basic.Properties
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+_stamp: tuple[int, datetime] = (0, datetime.fromtimestamp(0, tz=UTC))
+
+
+def _now_seconds() -> datetime:
+    """Now as an AMQP timestamp (whole seconds, UTC); one datetime per second."""
+    global _stamp
+    sec = int(time.time())
+    if _stamp[0] != sec:
+        _stamp = (sec, datetime.fromtimestamp(sec, tz=UTC))
+    return _stamp[1]
+
+
+def _tick_for(limit: float) -> float:
+    return max(0.005, min(0.5, limit / _TICKS_PER_LIMIT))
 
 
 class Publisher:
@@ -83,10 +103,18 @@ class Publisher:
         self._connection = connection
         self._own_connection = connection is None
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._exchanges: dict[str, tuple[aio_pika.abc.AbstractChannel,
-                                         aio_pika.abc.AbstractExchange]] = {}
+        # The aiormq channel under ``_channel`` (replaced by aio-pika when it reconnects).
+        self._underlay: tuple[aio_pika.abc.AbstractChannel,
+                              aiormq.abc.AbstractChannel] | None = None
         self._lock = asyncio.Lock()
+        # Confirm deadlines: one watchdog task for all publishes instead of an asyncio timeout
+        # (a timer handle, a countdown and two context managers) per message.
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._tick = _tick_for(confirm_timeout)
         self._tm = Telemetry(tracer_provider, registry)
+        self._series: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         parts = urlsplit(self.url)
         self._server = (parts.hostname or "localhost", parts.port or 5672)
 
@@ -101,8 +129,11 @@ class Publisher:
         await self._ensure_channel()
 
     async def close(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
         channel, self._channel = self._channel, None
-        self._exchanges.clear()
+        self._underlay = None
         if channel is not None and not channel.is_closed:
             await channel.close()
         if self._own_connection and self._connection is not None:
@@ -120,26 +151,24 @@ class Publisher:
                                                                  reconnect_interval=0.5)
             self._channel = await self._connection.channel(publisher_confirms=True,
                                                            on_return_raises=True)
-            self._exchanges.clear()
+            self._underlay = None
             return self._channel
 
-    def _cached_exchange(self, name: str) -> aio_pika.abc.AbstractExchange | None:
-        """The exchange object while its channel is open (no await on the hot path)."""
-        channel = self._channel
-        cached = self._exchanges.get(name)
-        if cached is not None and cached[0] is channel and not channel.is_closed:
-            return cached[1]
-        return None
+    def _cached_underlay(self) -> aiormq.abc.AbstractChannel | None:
+        """The open aiormq channel under the open aio-pika channel (no await on the hot path)."""
+        cached = self._underlay
+        if cached is None:
+            return None
+        channel, underlay = cached
+        if channel is not self._channel or channel.is_closed or underlay.is_closed:
+            return None
+        return underlay
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+    async def _underlay_channel(self) -> aiormq.abc.AbstractChannel:
         channel = await self._ensure_channel()
-        cached = self._exchanges.get(name)
-        if cached is not None and cached[0] is channel:
-            return cached[1]
-        ex = (channel.default_exchange if name == ""
-              else await channel.get_exchange(name, ensure=False))
-        self._exchanges[name] = (channel, ex)
-        return ex
+        underlay = await channel.get_underlay_channel()  # waits while aio-pika reconnects
+        self._underlay = (channel, underlay)
+        return underlay
 
     async def publish(self, exchange: str, routing_key: str, body: Any, *,
                       message_id: str | None = None, content_type: str | None = None,
@@ -153,8 +182,9 @@ class Publisher:
         ``order_context`` is used); they travel as W3C baggage in the headers.
         """
         # Hot path, one coroutine deep (each await layer costs on every resume): plain
-        # try/except instead of guarded(), one context attach for "span is current" and
-        # "generic instrumentation suppressed" (see docs/performance-rabbitmq.md).
+        # try/except instead of guarded(), one context attach for "span is current", the
+        # message sent on the aiormq channel (aio-pika's Exchange.publish, which generic
+        # instrumentation wraps, is not called), see docs/performance-rabbitmq.md.
         mid = message_id or os.urandom(16).hex()  # 32 random hex digits, like uuid4().hex
         parent = with_order(order_id, channel) if order_id is not None else None
         payload, ctype = encode_body(body, content_type)
@@ -163,7 +193,7 @@ class Publisher:
         started = time.perf_counter()
         dest = exchange or "amq.default"
         # Names and values match obskit.integrations.aio_pika, so both look alike in Tempo.
-        span = tm.start_span(f"{dest} publish", SpanKind.PRODUCER, {
+        span = tm.start_span(f"{dest} publish", SpanKind.PRODUCER, lambda: {
             ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: dest,
             ATTR_OPERATION_TYPE: "publish", ATTR_OPERATION_NAME: "publish",
             ATTR_MESSAGE_ID: mid, ATTR_ROUTING_KEY: routing_key,
@@ -182,19 +212,24 @@ class Publisher:
                     span.set_attribute(ATTR_CONVERSATION_ID, correlation_id)
             except Exception as exc:
                 report(exc)
-            message = aio_pika.Message(
-                payload, headers=hdrs, content_type=ctype, message_id=mid,
-                correlation_id=correlation_id, type=message_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                timestamp=int(time.time()),  # AMQP timestamps are whole seconds
+            # What aio_pika.Message(...).properties would build, without its per-field
+            # setattr checks; published on the aiormq channel below aio-pika's Exchange.
+            props = _Properties(
+                content_type=ctype, correlation_id=correlation_id, delivery_mode=_PERSISTENT,
+                headers=hdrs, message_id=mid, message_type=message_type,
+                timestamp=_now_seconds(),
             )
             try:
-                m.msg_published.labels(SYSTEM, exchange, routing_key).inc()
+                series = self._series.get((exchange, routing_key))
+                if series is None:
+                    series = self._new_series(exchange, routing_key)
+                series[0].inc()
             except Exception as exc:
+                series = None
                 report(exc)
-            token = otel_context.attach(suppress_in(ctx))
+            token = otel_context.attach(ctx)
             try:
-                await self._send(exchange, routing_key, message, mid, timeout)
+                await self._send(exchange, routing_key, payload, props, mid, timeout)
             except PublishError as exc:
                 reason = ("unroutable" if isinstance(exc, UnroutableError) else
                           "nacked" if isinstance(exc, PublishNackedError) else "unconfirmed")
@@ -211,31 +246,94 @@ class Publisher:
             finally:
                 otel_context.detach(token)
             try:
-                m.msg_confirmed.labels(SYSTEM, exchange, routing_key).inc()
-                hist = m.msg_publish_duration.labels(SYSTEM, exchange)
-                observe_traced(hist, time.perf_counter() - started, trace_id_of(span))
+                if series is not None:
+                    series[1].inc()
+                    observe_span(series[2], time.perf_counter() - started, span)
             except Exception as exc:
                 report(exc)
         finally:
             end_span(span)
         return mid
 
-    async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message,
-                    mid: str, timeout: float | None) -> None:
+    def _new_series(self, exchange: str, routing_key: str) -> tuple[Any, Any, Any]:
+        """published, confirmed and duration children for one destination, kept for reuse."""
+        m = self._tm.metrics
+        series = (m.msg_published.labels(SYSTEM, exchange, routing_key),
+                  m.msg_confirmed.labels(SYSTEM, exchange, routing_key),
+                  m.msg_publish_duration.labels(SYSTEM, exchange))
+        if len(self._series) < _MAX_SERIES:
+            self._series[(exchange, routing_key)] = series
+        return series
+
+    def _deadline(self, task: asyncio.Task[Any], limit: float) -> None:
+        """Cancel ``task`` if it is still waiting for its confirm ``limit`` seconds from now."""
+        self._deadlines[task] = time.monotonic() + limit
+        if limit < self._tick * _TICKS_PER_LIMIT:
+            self._tick = _tick_for(limit)
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    def _timed_out(self, task: asyncio.Task[Any]) -> bool:
+        """True when the watchdog cancelled ``task`` and nobody else did: a confirm timeout."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() == 0
+
+    async def _watch(self) -> None:
+        """Every tick, cancel the publishes past their deadline; ends when none is waiting.
+
+        Cancelling is what ``asyncio.timeout`` does too: aiormq's ``basic_publish`` is written
+        to be cancelled at any point (it forgets the pending confirm). A deadline is enforced
+        within one tick (a tenth of the timeout, at most 0.5 s) after it passed.
+        """
+        try:
+            while self._deadlines:
+                await asyncio.sleep(self._tick)
+                now = time.monotonic()
+                for task, deadline in list(self._deadlines.items()):
+                    if deadline <= now and task not in self._expired and not task.done():
+                        self._expired.add(task)
+                        task.cancel("obskit: publish confirm timeout")
+        except Exception as exc:  # never leave publishes without a deadline silently
+            report(exc)
+        finally:
+            if self._watchdog is asyncio.current_task():
+                self._watchdog = None
+
+    async def _send(self, exchange: str, routing_key: str, payload: bytes,
+                    props: aiormq.spec.Basic.Properties, mid: str,
+                    timeout: float | None) -> None:
         """Runs with generic aio-pika instrumentation suppressed (``publish`` sets that)."""
         last: BaseException | None = None
+        limit = timeout or self.confirm_timeout
+        task = asyncio.current_task()
         for attempt in range(self.reconnect_attempts + 1):
             if attempt:
                 # Bounded exponential backoff while the robust connection reconnects.
                 await asyncio.sleep(min(self.reconnect_backoff * 2 ** (attempt - 1), 5.0))
             try:
-                ex = self._cached_exchange(exchange)
-                if ex is None:
-                    ex = await self._exchange(exchange)
-                await ex.publish(message, routing_key, mandatory=True,
-                                 timeout=timeout or self.confirm_timeout)
+                ch = self._cached_underlay()
+                if ch is None:
+                    ch = await self._underlay_channel()
+                if task is None:  # not in a task (no watchdog possible): aiormq's timeout
+                    await ch.basic_publish(payload, exchange=exchange, routing_key=routing_key,
+                                           properties=props, mandatory=True, timeout=limit)
+                    return
+                self._deadline(task, limit)
+                try:
+                    await ch.basic_publish(payload, exchange=exchange, routing_key=routing_key,
+                                           properties=props, mandatory=True)
+                except asyncio.CancelledError:
+                    if not self._timed_out(task):
+                        raise
+                    raise TimeoutError(
+                        f"no confirm within {limit:g} s") from None
+                finally:
+                    self._deadlines.pop(task, None)
+                    self._expired.discard(task)
                 return
-            except aio_pika.exceptions.PublishError as exc:  # basic.return
+            except aiormq.exceptions.PublishError as exc:  # basic.return
                 raise UnroutableError(
                     f"unroutable: no queue bound to exchange {exchange!r} for routing key "
                     f"{routing_key!r} ({exc.args[0] if exc.args else exc})",
@@ -246,7 +344,7 @@ class Publisher:
                     "may be at its length limit with overflow=reject-publish)",
                     exchange=exchange, routing_key=routing_key, message_id=mid) from exc
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                self._channel = None  # the broker closed it
+                self._channel = self._underlay = None  # the broker closed it
                 raise UnroutableError(
                     f"exchange {exchange!r} does not exist ({exc})",
                     exchange=exchange, routing_key=routing_key, message_id=mid) from exc

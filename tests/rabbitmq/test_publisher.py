@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
 import aio_pika
 import pytest
 from rmq_helpers import sample
 
 from obskit.rabbitmq import Publisher, PublishError, UnroutableError
-from obskit.rabbitmq.errors import PublishNackedError
+from obskit.rabbitmq.errors import PublishConnectionError, PublishNackedError
 
 
 async def test_unroutable_routing_key_raises_and_is_counted(url, topology, registry):
@@ -67,3 +73,56 @@ async def test_nack_from_a_full_queue_raises(url, topology):
 async def test_publish_error_tree():
     assert issubclass(UnroutableError, PublishError)
     assert issubclass(PublishNackedError, PublishError)
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+
+
+class MemoryAlarm:
+    """Raise and lift a broker memory alarm: it blocks publishing connections (no confirms)."""
+
+    def __init__(self) -> None:
+        self.before = _rabbitmqctl(
+            "eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+
+    def raise_(self) -> None:
+        _rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
+
+    def lift(self) -> None:
+        if self.before.startswith("{absolute,"):
+            _rabbitmqctl("set_vm_memory_high_watermark", "absolute", self.before[10:-1].strip())
+        else:
+            _rabbitmqctl("set_vm_memory_high_watermark", self.before)
+
+
+@pytest.fixture
+def memory_alarm() -> Iterator[MemoryAlarm]:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl not found: the broker's CLI is part of the test machine")
+    alarm = MemoryAlarm()
+    try:
+        yield alarm
+    finally:
+        alarm.lift()
+
+
+async def test_no_confirm_within_the_timeout_raises_instead_of_hanging(url, topology,
+                                                                       memory_alarm):
+    async with Publisher(url, confirm_timeout=0.5, reconnect_attempts=1,
+                         reconnect_backoff=0.05) as pub:
+        await pub.publish("orders", "b2c", b"before the alarm")
+        memory_alarm.raise_()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(PublishConnectionError, match="no confirm within 0.5 s"):
+                await pub.publish("orders", "b2c", b"during the alarm")
+            elapsed = time.monotonic() - t0
+        finally:
+            memory_alarm.lift()  # before closing: a blocked connection cannot close cleanly
+        # Two attempts of 0.5 s, each deadline enforced within a tick (0.05 s) of passing.
+        assert 1.0 <= elapsed < 3.0, elapsed
+        # The caller's task was not left cancelled: it still awaits and publishes.
+        await asyncio.sleep(0)
+        await pub.publish("orders", "b2c", b"after the alarm")
