@@ -19,6 +19,11 @@ from typing import Any
 
 from opentelemetry import baggage, context, trace
 
+try:  # the context key of baggage's dict (private API: a fast path, with a public fallback)
+    from opentelemetry.baggage import _BAGGAGE_KEY
+except ImportError:  # pragma: no cover
+    _BAGGAGE_KEY = None  # type: ignore[assignment]
+
 __all__ = [
     "ORDER_CHANNEL_KEY",
     "ORDER_ID_KEY",
@@ -91,10 +96,21 @@ def with_order(order_id: Any, channel: str | None = None,
     For code that passes a context explicitly (a publish): what ``order_context`` puts in the
     baggage, without its log fields, span attributes and attach/detach.
     """
-    ctx = baggage.set_baggage(ORDER_ID_KEY, str(order_id), ctx)
+    if _BAGGAGE_KEY is None:  # pragma: no cover - a future API without the key
+        ctx = baggage.set_baggage(ORDER_ID_KEY, str(order_id), ctx)
+        if channel is not None:
+            ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)
+        return ctx
+    # What set_baggage() twice gives, with one copy of the baggage and of the context.
+    base = context.get_current() if ctx is None else ctx
+    current = base.get(_BAGGAGE_KEY)
+    entries = dict(current) if isinstance(current, dict) else {}
+    entries[ORDER_ID_KEY] = str(order_id)
     if channel is not None:
-        ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)
-    return ctx
+        entries[ORDER_CHANNEL_KEY] = str(channel)
+    values = dict(base)
+    values[_BAGGAGE_KEY] = entries
+    return context.Context(values)
 
 
 def current_extra() -> Mapping[str, Any]:

@@ -117,8 +117,7 @@ class LeanSpan(Span):
         if attributes:
             self.set_attributes(attributes)
         if links:
-            for link in links:
-                self.add_link(link.context, link.attributes)
+            self._start_links(links, tracer)
 
     # -- attributes: validated like the SDK's, stored in a plain dict -----------------------------
     def set_attribute(self, key: str, value: Any) -> None:
@@ -171,11 +170,29 @@ class LeanSpan(Span):
             return
         limits = self._limits
         links = self._links
-        if links == ():
-            links = self._links = BoundedList(limits.max_links)
+        if type(links) is tuple:
+            links = self._links = BoundedList.from_seq(limits.max_links, links)
         links.append(trace_api.Link(context, BoundedAttributes(
             limits.max_link_attributes, attributes,
             max_value_len=limits.max_attribute_length, immutable=True)))
+
+    def _start_links(self, links: Sequence[trace_api.Link], tracer: FastTracer) -> None:
+        """Links given at start: a tuple while within the limit (nothing to drop or count)."""
+        limits = self._limits
+        valid = []
+        for link in links:
+            context, attributes = link.context, link.attributes
+            if context is None or not (context.is_valid or attributes or context.trace_state):
+                continue  # the SDK's rule
+            valid.append(trace_api.Link(context, BoundedAttributes(
+                limits.max_link_attributes, attributes,
+                max_value_len=limits.max_attribute_length, immutable=True)
+                if attributes else tracer.no_attributes))
+        if len(valid) <= limits.max_links:
+            self._links = tuple(valid)
+        else:  # past the limit the oldest are dropped and counted, as the SDK does
+            bounded = self._links = BoundedList(limits.max_links)
+            bounded.extend(valid)
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
@@ -221,6 +238,9 @@ class FastTracer:
             if _clean_value is None or self.limits.max_span_attribute_length is not None:
                 return  # values would need truncating on every write: leave it to the SDK
             self.max_attributes = self.limits.max_span_attributes or 128
+            # Shared by every link started without attributes (immutable: safe to share).
+            self.no_attributes = BoundedAttributes(self.limits.max_link_attributes, None,
+                                                   immutable=True)
             self._random_ids = type(self.ids) is RandomIdGenerator
             self._metrics_noop = type(self._metrics).__name__ == "NoOpTracerMetrics"
             global _lean_spans_work

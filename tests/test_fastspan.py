@@ -222,6 +222,26 @@ def test_limits_like_the_sdk() -> None:
     assert lean.links[0].context.span_id == 8 and lean.dropped_links == 1
 
 
+def test_links_given_at_start_like_the_sdk() -> None:
+    """Within the limit, then past it (the oldest dropped and counted), then one added later."""
+    def links() -> list[trace.Link]:
+        return [trace.Link(SpanContext(5, 6, True, TraceFlags(1))),
+                trace.Link(SpanContext(0, 0, False)),  # invalid, no attributes: ignored
+                trace.Link(SpanContext(7, 8, True, TraceFlags(1)), {"k": "v"})]
+
+    for max_links in (2, 1):
+        p, exporter = provider(span_limits=SpanLimits(max_links=max_links))
+        for tracer in (FastTracer(p.get_tracer("s")), p.get_tracer("s")):
+            span = tracer.start_span("x", links=links())
+            span.add_link(SpanContext(9, 10, True, TraceFlags(1)))
+            span.end()
+        lean, sdk = exporter.get_finished_spans()
+        assert type(lean) is LeanSpan
+        assert comparable(lean) == comparable(sdk)
+        assert lean.links[-1].context.span_id == 10
+        assert lean.dropped_links == (1 if max_links == 2 else 2)
+
+
 def test_a_value_length_limit_uses_the_sdk_path() -> None:
     p, exporter = provider(span_limits=SpanLimits(max_span_attribute_length=3))
     fast = FastTracer(p.get_tracer("s"))

@@ -350,10 +350,6 @@ class Consumer:
                            order_channel: str | None, span: trace.Span) -> str:
         tm = self._tm
         spec = self.spec
-        log_fields: dict[str, Any] = {"queue": spec.name, "message_id": mid,
-                                      "attempt": attempt}
-        if order_id:
-            log_fields["order_id"] = order_id
         try:
             try:
                 data = self.parse(message.body) if self.parse is not None else None
@@ -371,7 +367,8 @@ class Consumer:
                     if claim.duplicate:
                         with guarded():
                             span.set_attribute("messaging.obskit.duplicate", True)
-                            tm.log.info("duplicate message skipped", **log_fields)
+                            tm.log.info("duplicate message skipped",
+                                        **_log_fields(spec.name, mid, attempt, order_id))
                         await _settle(message.ack)
                         return "duplicate"
                     delivery.db = claim.connection
@@ -382,7 +379,7 @@ class Consumer:
             raise
         except Exception as exc:
             return await self._failed(message, channel, headers, mid, attempt, failed_before,
-                                      exc, span, log_fields)
+                                      exc, span, _log_fields(spec.name, mid, attempt, order_id))
         # Ack only after the handler (and the idempotency commit) succeeded. Inline rather than
         # _settle(): one await layer less on the path of every message.
         try:
@@ -394,7 +391,7 @@ class Consumer:
         try:
             self._m_acked.inc()
             if self._log_success:
-                tm.log.debug("message processed", **log_fields)
+                tm.log.debug("message processed", **_log_fields(spec.name, mid, attempt, order_id))
         except Exception as exc:
             report(exc)
         return "ack"
@@ -478,6 +475,15 @@ class Consumer:
                     record_stage("dead_lettered", registry=self._registry,
                                  queue=spec.name, error_type=error_type)
         return "retry" if retry else "dead_letter"
+
+
+def _log_fields(queue: str, mid: str | None, attempt: int,
+                order_id: str | None) -> dict[str, Any]:
+    """The fields of every log line about one delivery (built only when a line is written)."""
+    fields: dict[str, Any] = {"queue": queue, "message_id": mid, "attempt": attempt}
+    if order_id:
+        fields["order_id"] = order_id
+    return fields
 
 
 def _debug_enabled(log: Any) -> bool:

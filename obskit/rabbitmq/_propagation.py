@@ -31,10 +31,11 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").ful
 _MAX_FAST_BAGGAGE = 4096
 _MAX_FAST_PAIRS = 64
 
-try:  # the context key under which baggage keeps its dict (private; only a cache key here)
+try:  # the context keys of baggage's dict and of the current span (private API: a fast path)
     from opentelemetry.baggage import _BAGGAGE_KEY
-except ImportError:  # pragma: no cover - a future API without it: no caching
-    _BAGGAGE_KEY = None  # type: ignore[assignment]
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover - a future API without them: the generic path
+    _BAGGAGE_KEY = _SPAN_KEY = None  # type: ignore[assignment]
 
 _default: tuple[object, bool] = (None, False)
 # The last baggage dict encoded and its header: one order's publishes share the dict.
@@ -102,9 +103,10 @@ def _encode_baggage(entries: Mapping[str, object]) -> str | None:
 
 def extract(headers: Mapping[str, Any]) -> Context:
     """The context (remote parent span + baggage) carried by ``headers``; a fresh context."""
-    if not _is_default() or "tracestate" in headers:
+    if not _is_default() or "tracestate" in headers or _SPAN_KEY is None or _BAGGAGE_KEY is None:
         return propagation.extract(headers)
-    ctx = Context()
+    # One Context built from one dict: what set_span_in_context + set_baggage per pair give.
+    values: dict[str, object] = {}
     tp = headers.get("traceparent")
     if tp is not None:
         if isinstance(tp, bytes | bytearray):
@@ -114,9 +116,9 @@ def extract(headers: Mapping[str, Any]) -> Context:
             return propagation.extract(headers)
         trace_id, span_id = int(m.group(1), 16), int(m.group(2), 16)
         if trace_id and span_id:
-            ctx = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+            values[_SPAN_KEY] = trace.NonRecordingSpan(trace.SpanContext(
                 trace_id, span_id, is_remote=True,
-                trace_flags=trace.TraceFlags(int(m.group(3), 16)))), ctx)
+                trace_flags=trace.TraceFlags(int(m.group(3), 16))))
     bg = headers.get("baggage")
     if bg:
         if isinstance(bg, bytes | bytearray):
@@ -124,7 +126,9 @@ def extract(headers: Mapping[str, Any]) -> Context:
         if (not isinstance(bg, str) or len(bg) > _MAX_FAST_BAGGAGE
                 or bg.count(",") >= _MAX_FAST_PAIRS or not _BAGGAGE_PLAIN(bg)):
             return propagation.extract(headers)
+        entries: dict[str, object] = {}
         for pair in bg.split(","):
             k, _, v = pair.partition("=")
-            ctx = baggage.set_baggage(k, v, ctx)
-    return ctx
+            entries[k] = v
+        values[_BAGGAGE_KEY] = entries
+    return Context(values)
