@@ -112,8 +112,9 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
                              settings.metrics_addr, settings.metrics_port, exc)
         _handle = handle
         handle.integrations = instrument_all(handle, settings.disabled_instrumentations)
-        _logging.quiet_uvicorn_access(
-            bool({"fastapi", "starlette"} & set(handle.active_integrations())))
+        _logging.quiet_uvicorn_access(any(  # obskit writes the access line (now or on import)
+            s.name in ("fastapi", "starlette") and s.state in ("active", "pending")
+            for s in handle.integrations))
         _register_process_hooks()
 
         where = ("otlp " + settings.otlp_endpoint if settings.otlp_endpoint

@@ -46,8 +46,8 @@ def patch_points() -> dict[str, Any]:
 
 def test_instrument_twice_changes_nothing(obs: Captured) -> None:
     handle = obskit.get_handle()
+    before = patch_points()  # imports the libraries: each is instrumented on its import
     assert set(MINE) <= set(obs.handle.active_integrations())
-    before = patch_points()
     for name in MINE:
         importlib.import_module(f"obskit.integrations.{name}").instrument(handle)
     assert all(v is before[k] for k, v in patch_points().items())
@@ -79,3 +79,47 @@ def test_a_failing_integration_is_reported_not_raised(monkeypatch: pytest.Monkey
         status = {s.name: s for s in obs.handle.integrations}
         assert status["redis"].state == "failed" and "exploded" in status["redis"].detail
         assert status["psycopg"].state == "active"
+
+
+_LAZY = """
+import os, sys
+import obskit
+
+h = obskit.init("svc", log_stream=open(os.devnull, "w"), spans_file="off")
+status = {s.name: s for s in h.integrations}
+unused = [lib for lib in ("sqlalchemy", "redis", "flask", "pika", "aio_pika") if lib in sys.modules]
+print("imported by init:", unused)
+print("before:", status["redis"].state, status["sqlalchemy"].state)
+
+import redis
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from obskit.integrations import sqlalchemy as sa
+
+print("after:", status["redis"].state, status["sqlalchemy"].state,
+      hasattr(redis.Redis.__dict__["execute_command"], "__wrapped__"),
+      event.contains(Engine, "before_cursor_execute", sa._before))
+obskit.shutdown()
+print("shutdown:", event.contains(Engine, "before_cursor_execute", sa._before))
+
+# A hook left from an init that was shut down does nothing.
+h = obskit.init("svc", log_stream=open(os.devnull, "w"), spans_file="off")
+obskit.shutdown()
+import psycopg2
+print("stale hook:", hasattr(psycopg2.connect, "__wrapped__"))
+"""
+
+
+def test_init_imports_no_library_and_instruments_each_on_first_import() -> None:
+    """A library the service never imports is never imported by obskit (start-up, memory)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LAZY], capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ,
+                                           "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == ["imported by init: []", "before: pending pending",
+                     "after: active active True True", "shutdown: False",
+                     "stale hook: False"], out.stdout + out.stderr

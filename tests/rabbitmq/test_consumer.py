@@ -212,11 +212,11 @@ async def test_redis_guard_applies_a_duplicate_message_id_once(url, topology, re
 
 async def test_graceful_shutdown_finishes_in_flight_and_returns_the_rest(
         url, vhost, mgmt, topology):
-    started = asyncio.Event()
+    started: list[int] = []
     done: list[int] = []
 
     async def handler(d: Delivery) -> None:
-        started.set()
+        started.append(d.data["n"])
         await asyncio.sleep(0.3)
         done.append(d.data["n"])
 
@@ -226,7 +226,7 @@ async def test_graceful_shutdown_finishes_in_flight_and_returns_the_rest(
             await pub.publish("orders", "b2c", {"n": n})
         c = Consumer(spec, handler, url=url, prefetch=10, concurrency=2)
         await c.start()
-        await started.wait()
+        await wait_for(lambda: len(started) == 2)  # both concurrency slots busy
         await c.stop()
     assert len(done) == 2  # the two in flight finished...
     # ...and were acked; the eight prefetched but not started went back to the queue.
