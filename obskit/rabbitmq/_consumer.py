@@ -15,6 +15,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
+from aiormq.abc import DeliveredMessage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -27,6 +28,7 @@ from obskit.metrics import observe_span
 from . import _headers as H
 from ._env import amqp_url
 from ._idempotency import IdempotencyGuard, InFlightElsewhere
+from ._incoming import Incoming
 from ._propagation import extract as extract_headers
 from ._telemetry import (
     ATTR_BODY_SIZE,
@@ -86,7 +88,15 @@ class Delivery:
     content_type: str | None
     correlation_id: str | None
     db: Any = None
-    message: aio_pika.abc.AbstractIncomingMessage | None = field(default=None, repr=False)
+    incoming: Incoming | None = field(default=None, repr=False)
+
+    @property
+    def message(self) -> aio_pika.abc.AbstractIncomingMessage | None:
+        """The delivery as aio-pika's ``IncomingMessage`` (built on first use).
+
+        obskit settles it after the handler (ack, retry or dead-letter): don't ack it yourself.
+        """
+        return self.incoming.message() if self.incoming is not None else None
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -191,8 +201,8 @@ class Consumer:
                               concurrency=self.concurrency)
 
     async def _connect(self) -> None:
-        # A plain connection plus our own reconnect loop (not connect_robust): the re-consume
-        # after a reconnect must run with generic aio-pika instrumentation suppressed too.
+        # A plain connection plus our own reconnect loop (not connect_robust, whose restore
+        # would re-consume through aio-pika's Queue.consume, not on the aiormq channel).
         lost = asyncio.Event()
         connection = await aio_pika.connect(self.url)
         try:
@@ -202,8 +212,12 @@ class Consumer:
             queue = await channel.get_queue(self.spec.name, ensure=True)
             connection.close_callbacks.add(lambda *_: lost.set())
             channel.close_callbacks.add(lambda *_: lost.set())
-            with suppressed():
-                tag = await queue.consume(self._on_message)
+            # On the aiormq channel under aio-pika's: no IncomingMessage and no second task per
+            # delivery (see _incoming.py); generic aio-pika instrumentation never sees it.
+            underlay = await channel.get_underlay_channel()
+            tag = (await underlay.basic_consume(self.spec.name, self._on_message)).consumer_tag
+            if tag is None:
+                raise RuntimeError("the broker returned no consumer tag")
         except BaseException:
             await connection.close()
             raise
@@ -280,7 +294,8 @@ class Consumer:
             self._stopped.set()
 
     # --- per message -------------------------------------------------------------------------
-    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def _on_message(self, raw: DeliveredMessage) -> None:
+        message = Incoming(raw)
         task = asyncio.current_task()
         if task is not None:  # removed in the finally below: no done-callback per message
             self._tasks.add(task)
@@ -294,7 +309,7 @@ class Consumer:
                 tm = self._tm
                 spec = self.spec
                 started = time.perf_counter()
-                headers: dict[str, Any] = dict(message.headers or {})
+                headers: dict[str, Any] = dict(message.headers)
                 try:
                     failed_before = int(headers.get(H.ATTEMPT, 0) or 0)
                 except (TypeError, ValueError):
@@ -343,7 +358,7 @@ class Consumer:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _run_handler(self, message: aio_pika.abc.AbstractIncomingMessage,
+    async def _run_handler(self, message: Incoming,
                            channel: aio_pika.abc.AbstractChannel | None,
                            headers: dict[str, Any], mid: str | None, attempt: int,
                            failed_before: int, order_id: str | None,
@@ -361,7 +376,7 @@ class Consumer:
                 queue=spec.name, exchange=message.exchange or "",
                 routing_key=message.routing_key or "", redelivered=bool(message.redelivered),
                 order_id=order_id, channel=order_channel, content_type=message.content_type,
-                correlation_id=message.correlation_id, message=message)
+                correlation_id=message.correlation_id, incoming=message)
             if self.idempotency is not None and mid:
                 async with self.idempotency.claim(mid, spec.name) as claim:
                     if claim.duplicate:
@@ -396,7 +411,7 @@ class Consumer:
             report(exc)
         return "ack"
 
-    async def _failed(self, message: aio_pika.abc.AbstractIncomingMessage,
+    async def _failed(self, message: Incoming,
                       channel: aio_pika.abc.AbstractChannel | None,
                       headers: dict[str, Any], mid: str | None, attempt: int,
                       failed_before: int, exc: Exception, span: trace.Span,
@@ -495,7 +510,7 @@ def _debug_enabled(log: Any) -> bool:
         return True
 
 
-def _process_attributes(message: aio_pika.abc.AbstractIncomingMessage, queue: str,
+def _process_attributes(message: Incoming, queue: str,
                         mid: str | None, attempt: int, order_id: str | None) -> dict[str, Any]:
     """The process span's attributes (built only for a sampled span)."""
     attributes: dict[str, Any] = {

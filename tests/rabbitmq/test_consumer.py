@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from typing import Any
 
+import aio_pika
 from opentelemetry import baggage
 from opentelemetry.trace import SpanKind
 from rmq_helpers import REDIS_URL, queue_depth, sample, wait_for
@@ -255,3 +257,31 @@ async def test_generic_aio_pika_instrumentation_does_not_count_twice(url, topolo
                         "exchange": "orders", "routing_key": "b2c"}) == 1
         assert t.metric("messaging_consumed_total", {"system": "rabbitmq",
                         "queue": "orders.b2c"}) == 1
+
+
+async def test_handler_may_use_aio_pika_message_and_settle_it_itself(url, vhost, mgmt, topology,
+                                                                     registry):
+    """Delivery.message is aio-pika's IncomingMessage; a handler's own ack is not repeated."""
+    seen: list[tuple[Any, Any]] = []
+
+    async def handler(d: Delivery) -> None:
+        m = d.message
+        assert isinstance(m, aio_pika.abc.AbstractIncomingMessage)
+        seen.append((m.message_id, m.headers.get("baggage")))
+        if d.data["n"] == 1:
+            await m.ack()  # the handler settles it; obskit must not ack a second time
+
+    spec = topology.queue("orders.b2c")
+    async with Publisher(url) as pub:
+        c = Consumer(spec, handler, url=url, registry=registry)
+        async with c:
+            ids = [await pub.publish("orders", "b2c", {"n": n}, order_id=f"o-{n}")
+                   for n in (1, 2)]
+            await wait_for(lambda: len(seen) == 2)
+            # A double ack would close the channel (PRECONDITION_FAILED): one more still flows.
+            ids.append(await pub.publish("orders", "b2c", {"n": 3}))
+            await wait_for(lambda: len(seen) == 3)
+    assert [s[0] for s in seen] == ids
+    assert "order.id=o-1" in str(seen[0][1])
+    assert await queue_depth(mgmt, vhost, spec.name) == 0
+    assert sample(registry, "messaging_acked_total", system="rabbitmq", queue="orders.b2c") == 3
