@@ -81,9 +81,14 @@ def add_request_fields(**fields: Any) -> None:
 
 def current_order(ctx: context.Context | None = None) -> tuple[str | None, str | None]:
     """``(order_id, channel)`` of the order context in ``ctx`` (default: the active one)."""
-    entries = baggage.get_all(ctx)  # one context read for both keys
-    if not entries:
-        return (None, None)
+    if _BAGGAGE_KEY is not None:  # the baggage dict itself: no read-only copy per call
+        entries = (context.get_current() if ctx is None else ctx).get(_BAGGAGE_KEY)
+        if not entries or not isinstance(entries, dict):
+            return (None, None)
+    else:  # pragma: no cover - a future API without the key
+        entries = baggage.get_all(ctx)
+        if not entries:
+            return (None, None)
     oid = entries.get(ORDER_ID_KEY)
     ch = entries.get(ORDER_CHANNEL_KEY)
     return (None if oid is None else str(oid), None if ch is None else str(ch))
