@@ -66,25 +66,22 @@ class Incoming:
         return self._message
 
     async def ack(self) -> None:
-        if self._message is not None:
-            await self._message.ack()
-            return
-        self._claim()
-        await self.raw.channel.basic_ack(self.delivery_tag or 0)
+        await self._settle("ack", "basic_ack")
 
     async def nack(self, requeue: bool = True) -> None:
-        if self._message is not None:
-            await self._message.nack(requeue=requeue)
-            return
-        self._claim()
-        await self.raw.channel.basic_nack(self.delivery_tag or 0, requeue=requeue)
+        await self._settle("nack", "basic_nack", requeue=requeue)
 
     async def reject(self, requeue: bool = False) -> None:
+        await self._settle("reject", "basic_reject", requeue=requeue)
+
+    async def _settle(self, method: str, frame: str, **kwargs: Any) -> None:
+        """Through aio-pika's message once it exists (it knows whether the handler settled it),
+        else straight on the aiormq channel, at most once."""
         if self._message is not None:
-            await self._message.reject(requeue=requeue)
+            await getattr(self._message, method)(**kwargs)
             return
         self._claim()
-        await self.raw.channel.basic_reject(self.delivery_tag or 0, requeue=requeue)
+        await getattr(self.raw.channel, frame)(self.delivery_tag or 0, **kwargs)
 
     def _claim(self) -> None:
         if self._processed:

@@ -21,6 +21,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from obskit import propagation
+from obskit._context import _BAGGAGE_KEY
 
 # Characters quote_plus() leaves alone and W3C baggage accepts in keys and values unescaped.
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
@@ -31,11 +32,10 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").ful
 _MAX_FAST_BAGGAGE = 4096
 _MAX_FAST_PAIRS = 64
 
-try:  # the context keys of baggage's dict and of the current span (private API: a fast path)
-    from opentelemetry.baggage import _BAGGAGE_KEY
+try:  # the context key of the current span (private API: a fast path)
     from opentelemetry.trace.propagation import _SPAN_KEY
-except ImportError:  # pragma: no cover - a future API without them: the generic path
-    _BAGGAGE_KEY = _SPAN_KEY = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - a future API without it: the generic path
+    _SPAN_KEY = None  # type: ignore[assignment]
 
 _default: tuple[object, bool] = (None, False)
 # The last baggage dict encoded and its header: one order's publishes share the dict.

@@ -304,7 +304,7 @@ class Publisher:
     async def _send(self, exchange: str, routing_key: str, payload: bytes,
                     props: aiormq.spec.Basic.Properties, mid: str,
                     timeout: float | None) -> None:
-        """Runs with generic aio-pika instrumentation suppressed (``publish`` sets that)."""
+        """Send on the aiormq channel until confirmed; bounded retries on transient failures."""
         last: BaseException | None = None
         limit = timeout or self.confirm_timeout
         task = asyncio.current_task()
@@ -316,22 +316,20 @@ class Publisher:
                 ch = self._cached_underlay()
                 if ch is None:
                     ch = await self._underlay_channel()
-                if task is None:  # not in a task (no watchdog possible): aiormq's timeout
-                    await ch.basic_publish(payload, exchange=exchange, routing_key=routing_key,
-                                           properties=props, mandatory=True, timeout=limit)
-                    return
-                self._deadline(task, limit)
+                if task is not None:  # else (no task to cancel): aiormq's own timeout below
+                    self._deadline(task, limit)
                 try:
                     await ch.basic_publish(payload, exchange=exchange, routing_key=routing_key,
-                                           properties=props, mandatory=True)
+                                           properties=props, mandatory=True,
+                                           timeout=None if task is not None else limit)
                 except asyncio.CancelledError:
-                    if not self._timed_out(task):
+                    if task is None or not self._timed_out(task):
                         raise
-                    raise TimeoutError(
-                        f"no confirm within {limit:g} s") from None
+                    raise TimeoutError(f"no confirm within {limit:g} s") from None
                 finally:
-                    self._deadlines.pop(task, None)
-                    self._expired.discard(task)
+                    if task is not None:
+                        self._deadlines.pop(task, None)
+                        self._expired.discard(task)
                 return
             except aiormq.exceptions.PublishError as exc:  # basic.return
                 raise UnroutableError(
