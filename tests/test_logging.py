@@ -131,3 +131,74 @@ def test_console_format_is_readable_not_json():
         pass
     else:
         raise AssertionError("console format printed JSON")
+
+
+def _json_lines(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+def test_lines_to_a_file_are_batched_and_complete_after_flush(tmp_path):
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        obskit.init("svc", log_stream=stream, log_format="json", spans_file="off",
+                    disabled_instrumentations="all")
+        log = obskit.get_logger("x")
+        log.info("first")
+        logging.getLogger("lib").warning("second")
+        # Queued, not written per line: the file sees them at the next flush.
+        obskit.get_handle().force_flush()
+        assert [ln["event"] for ln in _json_lines(path)] == ["first", "second"]
+        log.info("third")
+        obskit.shutdown()  # flushes what is still queued
+        assert [ln["event"] for ln in _json_lines(path)] == ["first", "second", "third"]
+
+
+def test_batched_lines_from_threads_keep_their_order_and_overflow_is_written_inline(tmp_path):
+    import threading
+
+    from obskit import _logging
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        obskit.init("svc", log_stream=stream, log_format="json", spans_file="off",
+                    disabled_instrumentations="all")
+
+        def worker(n):
+            log = obskit.get_logger("w")
+            for i in range(1500):  # more than MAX_PENDING in all: written by the loggers too
+                log.info("line", worker=n, i=i)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(_logging._writer._pending) < _logging._Writer.MAX_PENDING
+        obskit.shutdown()
+        lines = _json_lines(path)
+    assert len(lines) == 6000
+    for n in range(4):  # each thread's lines arrive complete and in order
+        assert [ln["i"] for ln in lines if ln["worker"] == n] == list(range(1500))
+
+
+def test_a_forked_child_does_not_repeat_the_parents_queued_lines(tmp_path):
+    import os
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        obskit.init("svc", log_stream=stream, log_format="json", spans_file="off",
+                    disabled_instrumentations="all")
+        obskit.get_logger("x").info("before fork")
+        pid = os.fork()
+        if pid == 0:  # child: log one line of its own and leave without atexit hooks
+            try:
+                obskit.get_logger("x").info("child")
+                obskit.get_handle().force_flush()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        obskit.get_logger("x").info("parent after fork")
+        obskit.shutdown()
+    events = [ln["event"] for ln in _json_lines(path)]
+    assert sorted(events) == ["before fork", "child", "parent after fork"]
+    assert events[0] == "before fork"
