@@ -2,6 +2,13 @@
 
     python benchmarks/bench_http.py                   # 3 rounds x 4 variants x 5 s
     python benchmarks/bench_http.py --rounds 5 --duration 10 --connections 32
+    python benchmarks/bench_http.py --server plain    # asyncio + h11 instead of uvloop + httptools
+
+Servers: ``standard`` (default) is uvicorn as ``pip install 'uvicorn[standard]'`` (and
+``fastapi[standard]``) installs it, with uvloop and httptools: the setup of the reference figures in
+the issue (bare ~10,000 req/s, stock contrib 0.27 of it). ``plain`` is uvicorn without its extras
+(asyncio loop, h11 parser), about half as fast per request, so a fixed per-request cost weighs
+less against it. ``--server both`` runs both, one after the other.
 
 Variants (each in its own uvicorn process, one worker, uvicorn's access log off):
 
@@ -93,7 +100,7 @@ def build_app(variant: str) -> Any:
     return app
 
 
-def serve(variant: str, port: int) -> None:
+def serve(variant: str, port: int, server: str = "standard") -> None:
     if variant == "obskit_10pct":
         os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
         os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
@@ -104,8 +111,9 @@ def serve(variant: str, port: int) -> None:
         import gc
 
         gc.freeze()
+    loop, http = ("uvloop", "httptools") if server == "standard" else ("asyncio", "h11")
     uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="warning",
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", loop=loop, http=http)
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -159,10 +167,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(variant: str, duration: float, connections: int, threads: int,
-            warmup: float) -> dict[str, float]:
+            warmup: float, server: str) -> dict[str, float]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port)],
+        [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
+         "--server", server],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_port(port)
@@ -191,24 +200,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--server", choices=("standard", "plain", "both"), default="standard",
+                    help="uvicorn with uvloop + httptools (standard) or asyncio + h11 (plain)")
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.port, args.server)
         return 0
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
+    servers = ("standard", "plain") if args.server == "both" else (args.server,)
+    if "standard" in servers:
+        try:
+            import httptools  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("--server standard needs uvicorn[standard] (uvloop, httptools): "
+                  "pip install -e '.[bench]', or use --server plain", file=sys.stderr)
+            return 2
+    for server in servers:
+        run_server(args, server)
+    return 0
+
+
+def run_server(args: argparse.Namespace, server: str) -> None:
     variants = [v for v in args.variants.split(",") if v]
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
         # Rotate who goes first so slow phases of the machine hit every variant alike.
         k = r % len(variants)
         for v in variants[k:] + variants[:k]:
-            res = measure(v, args.duration, args.connections, args.threads, args.warmup)
+            res = measure(v, args.duration, args.connections, args.threads, args.warmup,
+                          server)
             results[v].append(res)
-            print(f"round {r + 1}/{args.rounds} {v:<14} {res['rps']:7.0f} req/s  "
+            print(f"{server} round {r + 1}/{args.rounds} {v:<14} {res['rps']:7.0f} req/s  "
                   f"p50 {res['p50']:6.2f} ms  p99 {res['p99']:7.2f} ms  "
                   f"cpu {res['cpu_us']:6.1f} us/req", flush=True)
 
@@ -218,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare = med("bare", "rps") if "bare" in results else None
     stock = med("stock", "rps") if "stock" in results else None
     print()
-    print(f"{args.rounds} rounds x {args.duration:g} s, wrk -t{args.threads} -c{args.connections},"
-          " medians")
+    print(f"server {server}: {args.rounds} rounds x {args.duration:g} s, "
+          f"wrk -t{args.threads} -c{args.connections}, medians")
     bare_cpu = med("bare", "cpu_us") if "bare" in results else None
     stock_cpu = med("stock", "cpu_us") if "stock" in results else None
     print("| variant | req/s | p50 ms | p99 ms | req/s vs bare | req/s vs stock | req/s spread "
@@ -235,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{'' if not bare_cpu else f'{bare_cpu / cpu:.2f}'} | "
               f"{'' if not stock_cpu else f'{stock_cpu / cpu:.2f}x'} |")
     print("\nCPU-based = throughput ratio a dedicated core would give (inverse server CPU per "
-          "request);\nreq/s ratios depend on what else the machine is doing.")
-    return 0
+          "request);\nreq/s ratios depend on what else the machine is doing.\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from obskit.metrics import observe_span
 
 from ._env import amqp_url
 from ._propagation import inject as inject_headers
+from ._properties import PublishProperties
 from ._telemetry import (
     ATTR_BODY_SIZE,
     ATTR_CONVERSATION_ID,
@@ -61,7 +62,6 @@ _TRANSIENT = (
 
 _TICKS_PER_LIMIT = 10
 _MAX_SERIES = 1_000  # destinations whose metric children a publisher keeps
-_Properties = aiormq.spec.Basic.Properties
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 _stamp: tuple[int, datetime] = (0, datetime.fromtimestamp(0, tz=UTC))
 
@@ -213,8 +213,9 @@ class Publisher:
             except Exception as exc:
                 report(exc)
             # What aio_pika.Message(...).properties would build, without its per-field
-            # setattr checks; published on the aiormq channel below aio-pika's Exchange.
-            props = _Properties(
+            # setattr checks (and marshalled faster, same bytes); published on the aiormq
+            # channel below aio-pika's Exchange.
+            props = PublishProperties(
                 content_type=ctype, correlation_id=correlation_id, delivery_mode=_PERSISTENT,
                 headers=hdrs, message_id=mid, message_type=message_type,
                 timestamp=_now_seconds(),
