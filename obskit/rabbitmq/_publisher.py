@@ -165,8 +165,14 @@ class Publisher:
         return underlay
 
     async def _underlay_channel(self) -> aiormq.abc.AbstractChannel:
-        channel = await self._ensure_channel()
-        underlay = await channel.get_underlay_channel()  # waits while aio-pika reconnects
+        try:
+            channel = await self._ensure_channel()
+            underlay = await channel.get_underlay_channel()  # waits while aio-pika reconnects
+        except RuntimeError as exc:
+            # aiormq refuses a channel on a connection the broker just closed ("<Connection
+            # ...> closed") until the robust connection has reconnected: a transient failure.
+            self._channel = self._underlay = None
+            raise ConnectionError(f"connection closed while opening a channel: {exc}") from exc
         self._underlay = (channel, underlay)
         return underlay
 
