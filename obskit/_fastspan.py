@@ -8,10 +8,12 @@ the batch queue until the next export, which makes the garbage collector's passe
 
 ``FastTracer.start_span`` makes the same span with less: the sampling decision of the samplers
 obskit configures (``ParentBased`` / ``TraceIdRatioBased`` / always on / always off) is taken
-inline, and the span is a ``LeanSpan`` — a subclass of the SDK's ``Span`` (so ``isinstance``
-checks, processors and exporters see an SDK span) whose attributes live in a plain dict, whose
-events and links are created only when used, and which is handed to the processors itself on
-``end()`` instead of a copy (after ``end()`` it ignores changes, as the SDK's does).
+inline, the provider's processors are called directly, in order, skipping hooks that are empty
+functions (``BatchSpanProcessor.on_start``, the SDK's ``_on_ending``s), and the span is a
+``LeanSpan`` — a subclass of the SDK's ``Span`` (so ``isinstance`` checks, processors and
+exporters see an SDK span) whose attributes live in a plain dict, whose events and links are
+created only when used, and which is handed to the processors itself on ``end()`` instead of a
+copy (after ``end()`` it ignores changes, as the SDK's does).
 
 Everything the provider decides is still honoured: its processors see ``on_start``/``on_end``
 exactly as with SDK spans, its id generator, resource, span limits and tracer configuration are
@@ -22,6 +24,7 @@ version), ``FastTracer`` hands every call to the SDK tracer instead — checked 
 
 from __future__ import annotations
 
+import dis
 import threading
 from collections.abc import Mapping, Sequence
 from time import time_ns
@@ -29,7 +32,13 @@ from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, Span, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace import (
+    Event,
+    Span,
+    SpanLimits,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+)
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
@@ -75,6 +84,54 @@ _PARENT_BASED = (ParentBased, ParentBasedTraceIdRatio)  # exact types: a subclas
 _RATIO = (TraceIdRatioBased,)
 
 
+def _does_something(hook: Any) -> bool:
+    """False for a hook whose function body is only ``pass`` and/or a docstring."""
+    func = getattr(hook, "__func__", hook)
+    if getattr(func, "__code__", None) is None:
+        return hook is not None  # a builtin or other callable: call it
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(func)
+           if i.opname not in ("RESUME", "NOP", "CACHE")]
+    return ops not in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
+
+
+class _Hooks:
+    """The processors' ``on_start`` / ``_on_ending`` / ``on_end`` that do something, in order.
+
+    Read from the provider's ``SynchronousMultiSpanProcessor`` and derived again whenever its
+    processor tuple changes (``add_span_processor`` replaces it). Any other processor object is
+    called as it is.
+    """
+
+    __slots__ = ("processor", "_seen", "starts", "endings", "ends")
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self._seen: Any = None
+        self.starts: tuple[Any, ...] = ()
+        self.endings: tuple[Any, ...] = ()
+        self.ends: tuple[Any, ...] = ()
+        self.current()
+
+    def current(self) -> _Hooks:
+        processor = self.processor
+        if type(processor) is not SynchronousMultiSpanProcessor:
+            if self._seen is None:
+                self._seen = processor
+                self.starts = (processor.on_start,)
+                on_ending = getattr(processor, "_on_ending", None)
+                self.endings = (on_ending,) if on_ending is not None else ()
+                self.ends = (processor.on_end,)
+            return self
+        processors = processor._span_processors
+        if processors is not self._seen:
+            self.starts = tuple(p.on_start for p in processors if _does_something(p.on_start))
+            self.endings = tuple(p._on_ending for p in processors
+                                 if _does_something(getattr(p, "_on_ending", None)))
+            self.ends = tuple(p.on_end for p in processors if _does_something(p.on_end))
+            self._seen = processors
+        return self
+
+
 class LeanSpan(Span):
     """An SDK ``Span`` without the per-span locks, bounded containers and end-time copy.
 
@@ -107,6 +164,7 @@ class LeanSpan(Span):
         self._resource = tracer.resource
         self._status = tracer.unset_status
         self._span_processor = tracer.processor
+        self._hooks = tracer.hooks
         self._limits = tracer.limits
         self._max_attributes = tracer.max_attributes
         self._start_time: int | None = None
@@ -202,7 +260,8 @@ class LeanSpan(Span):
         if self._start_time is not None:
             return
         self._start_time = start_time if start_time is not None else time_ns()
-        self._span_processor.on_start(self, parent_context=parent_context)
+        for on_start in self._hooks.current().starts:
+            on_start(self, parent_context=parent_context)
 
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is not None or self._start_time is None:
@@ -210,11 +269,11 @@ class LeanSpan(Span):
         self._end_time = end_time if end_time is not None else time_ns()
         if self._record_end_metrics is not None:
             self._record_end_metrics()
-        processor = self._span_processor
-        on_ending = getattr(processor, "_on_ending", None)
-        if on_ending is not None:
+        hooks = self._hooks.current()
+        for on_ending in hooks.endings:
             on_ending(self)
-        processor.on_end(self)  # the span itself: it ignores changes from here on
+        for on_end in hooks.ends:
+            on_end(self)  # the span itself: it ignores changes from here on
 
 
 class FastTracer:
@@ -230,6 +289,7 @@ class FastTracer:
             self.scope = sdk_tracer._instrumentation_scope
             self.resource = sdk_tracer.resource
             self.processor = sdk_tracer.span_processor
+            self.hooks = _Hooks(self.processor)
             self.sampler: Any = sdk_tracer.sampler
             self.ids = sdk_tracer.id_generator
             self.limits: SpanLimits = sdk_tracer._span_limits
@@ -255,7 +315,7 @@ class FastTracer:
         """A LeanSpan must read back like an SDK span (ReadableSpan properties and JSON)."""
         ctx = SpanContext(1, 1, False, _SAMPLED, _EMPTY_STATE)
         span = LeanSpan("check", ctx, None, _INTERNAL, self)
-        span._span_processor = SpanProcessor()  # the base class: no-ops
+        span._hooks = _Hooks(SpanProcessor())  # the base class: no-ops
         span.start()
         span.set_attribute("a", 1)
         span.set_trusted_attributes({"b": "x"})

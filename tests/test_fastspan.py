@@ -200,6 +200,51 @@ def test_processors_see_start_and_end() -> None:
     assert rec.ended == [span]
 
 
+def test_processors_are_called_in_order_and_ones_added_later_too() -> None:
+    calls: list[str] = []
+
+    class Named(Recorder):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            calls.append(f"{self.name}.start")
+
+        def _on_ending(self, span: Any) -> None:
+            calls.append(f"{self.name}.ending")
+
+        def on_end(self, span: Any) -> None:
+            calls.append(f"{self.name}.end")
+
+    p, exporter = provider()  # a SimpleSpanProcessor: its empty on_start/_on_ending are skipped
+    p.add_span_processor(Named("a"))
+    tracer = FastTracer(p.get_tracer("s"))
+    span = tracer.start_span("x")
+    p.add_span_processor(Named("b"))  # added while the span runs: it sees the end, as in the SDK
+    span.end()
+    assert calls == ["a.start", "a.ending", "b.ending", "a.end", "b.end"]
+    assert len(exporter.get_finished_spans()) == 1
+    calls.clear()
+    tracer.start_span("y").end()
+    assert calls == ["a.start", "b.start", "a.ending", "b.ending", "a.end", "b.end"]
+
+
+def test_empty_processor_hooks_are_recognised() -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from obskit._fastspan import _does_something
+    from obskit._tracing import OrderSpanProcessor
+
+    assert not _does_something(SpanProcessor.on_start)  # docstring only
+    assert not _does_something(BatchSpanProcessor.on_start)  # pass
+    assert not _does_something(BatchSpanProcessor._on_ending)
+    assert _does_something(BatchSpanProcessor.on_end)
+    assert _does_something(OrderSpanProcessor.on_start)
+    assert _does_something(print)  # a builtin is called, not inspected
+
+
 def test_limits_like_the_sdk() -> None:
     p, exporter = provider(span_limits=SpanLimits(max_span_attributes=2, max_events=1,
                                                   max_links=1))
