@@ -25,6 +25,7 @@ version), ``FastTracer`` hands every call to the SDK tracer instead — checked 
 from __future__ import annotations
 
 import dis
+import random
 import threading
 from collections.abc import Mapping, Sequence
 from time import time_ns
@@ -79,6 +80,8 @@ _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _get_current_span = trace_api.get_current_span
+_getrandbits = random.getrandbits  # what RandomIdGenerator uses
+_tuple_new = tuple.__new__
 _TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 _PARENT_BASED = (ParentBased, ParentBasedTraceIdRatio)  # exact types: a subclass may decide
 _RATIO = (TraceIdRatioBased,)
@@ -321,7 +324,9 @@ class FastTracer:
         span.set_trusted_attributes({"b": "x"})
         span.add_event("e", {"k": "v"})
         span.end()
-        ok = (span.attributes == {"a": 1, "b": "x"} and len(span.events) == 1
+        built = _tuple_new(SpanContext, (1, 2, False, _SAMPLED, _EMPTY_STATE, True))
+        ok = (built == SpanContext(1, 2, False, _SAMPLED, _EMPTY_STATE) and built.is_valid
+              and span.attributes == {"a": 1, "b": "x"} and len(span.events) == 1
               and span.end_time is not None and span.links == () and bool(span.to_json())
               and span.dropped_attributes == 0 and span.status.is_unset)
         return bool(ok)
@@ -358,9 +363,16 @@ class FastTracer:
         parent: SpanContext | None = _get_current_span(context).get_span_context()
         if parent is not None and not parent.is_valid:
             parent = None
+        random_ids = self._random_ids
         if parent is None:
-            trace_id = self.ids.generate_trace_id()
-            random_id = self._random_ids or self.ids.is_trace_id_random()
+            if random_ids:  # RandomIdGenerator.generate_trace_id, inline
+                trace_id = _getrandbits(128)
+                while not trace_id:
+                    trace_id = _getrandbits(128)
+                random_id = True
+            else:
+                trace_id = self.ids.generate_trace_id()
+                random_id = self.ids.is_trace_id_random()
             trace_state = _EMPTY_STATE
         else:
             trace_id = parent.trace_id
@@ -383,8 +395,15 @@ class FastTracer:
             flags = _SAMPLED_RANDOM if sampled else _UNSAMPLED_RANDOM
         else:
             flags = _SAMPLED if sampled else _UNSAMPLED
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags,
-                                   trace_state)
+        if random_ids:  # ids known to be valid: SpanContext.__new__ without its range checks
+            span_id = _getrandbits(64)
+            while not span_id:
+                span_id = _getrandbits(64)
+            span_context = _tuple_new(SpanContext,
+                                      (trace_id, span_id, False, flags, trace_state, True))
+        else:
+            span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags,
+                                       trace_state)
         end_metrics = None
         if not self._metrics_noop:
             end_metrics = self._metrics.start_span(parent, decision)
