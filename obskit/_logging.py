@@ -124,7 +124,7 @@ class _Writer:
     def write(self, line: str) -> None:
         stream = self._stream or sys.stdout
         immediate = self._immediate if stream is self._checked else self._decide(stream)
-        if immediate:
+        if immediate or self._closed:  # after close() no flusher runs: write it now
             try:
                 with self._lock:
                     self._write_pending(stream)  # what was queued before the stream changed

@@ -202,3 +202,17 @@ def test_a_forked_child_does_not_repeat_the_parents_queued_lines(tmp_path):
     events = [ln["event"] for ln in _json_lines(path)]
     assert sorted(events) == ["before fork", "child", "parent after fork"]
     assert events[0] == "before fork"
+
+
+def test_a_closed_writer_writes_at_once_instead_of_queueing(tmp_path):
+    from obskit._logging import _Writer
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        writer = _Writer(stream)
+        writer.write("queued")
+        assert path.read_text() == ""  # a file: batched
+        writer.close()  # flushes; its flusher thread stops
+        assert path.read_text() == "queued\n"
+        writer.write("late")  # e.g. from an atexit hook after shutdown: nobody would flush it
+        assert path.read_text() == "queued\nlate\n"
