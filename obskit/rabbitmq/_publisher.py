@@ -115,6 +115,7 @@ class Publisher:
         self._tick = _tick_for(confirm_timeout)
         self._tm = Telemetry(tracer_provider, registry)
         self._series: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the connection state
         parts = urlsplit(self.url)
         self._server = (parts.hostname or "localhost", parts.port or 5672)
 
@@ -126,9 +127,32 @@ class Publisher:
         await self.close()
 
     async def connect(self) -> None:
+        self._follow_loop()
         await self._ensure_channel()
 
+    def _follow_loop(self) -> None:
+        """Connection, channel, lock and watchdog belong to one event loop. Called from another
+        (a second ``asyncio.run()``, a thread with its own loop), start over on that one: the old
+        loop cannot close what it owned any more, so its objects are dropped, not closed."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            if not self._own_connection:
+                raise RuntimeError(
+                    "the connection given to this Publisher belongs to another event loop; "
+                    "create the Publisher (and its connection) in the loop that publishes")
+            self._connection = None
+            self._channel = self._underlay = None
+            self._deadlines.clear()
+            self._expired.clear()
+            self._watchdog = None
+            self._lock = asyncio.Lock()
+        self._loop = loop
+
     async def close(self) -> None:
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._follow_loop()  # what the old loop owned cannot be closed from here
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
@@ -191,6 +215,8 @@ class Publisher:
         # try/except instead of guarded(), one context attach for "span is current", the
         # message sent on the aiormq channel (aio-pika's Exchange.publish, which generic
         # instrumentation wraps, is not called), see docs/performance-rabbitmq.md.
+        if self._loop is not asyncio.get_running_loop():
+            self._follow_loop()
         mid = message_id or os.urandom(16).hex()  # 32 random hex digits, like uuid4().hex
         parent = with_order(order_id, channel) if order_id is not None else None
         payload, ctype = encode_body(body, content_type)

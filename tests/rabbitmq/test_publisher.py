@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import subprocess
 import time
@@ -126,3 +127,45 @@ async def test_no_confirm_within_the_timeout_raises_instead_of_hanging(url, topo
         # The caller's task was not left cancelled: it still awaits and publishes.
         await asyncio.sleep(0)
         await pub.publish("orders", "b2c", b"after the alarm")
+
+
+# aio-pika's own callbacks complain when a loop ends under an open connection (the first run
+# below does that on purpose): noise, not a failure of the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_publisher_follows_its_caller_to_a_new_event_loop(url, topology):
+    """A module-level publisher used by successive asyncio.run() calls (scripts, tests, a
+    worker thread with its own loop): each new loop gets a connection of its own."""
+    pub = Publisher(url, confirm_timeout=5)
+
+    async def publish_two(pub: Publisher, tag: str) -> None:  # concurrent: a contended lock
+        await asyncio.wait_for(asyncio.gather(
+            pub.publish("orders", "b2c", {"run": tag, "n": 1}),
+            pub.publish("orders", "b2c", {"run": tag, "n": 2})), timeout=15)
+
+    asyncio.run(publish_two(pub, "first"))  # its loop ends with the connection still open
+    asyncio.run(publish_two(pub, "second"))
+    asyncio.run(pub.close())
+
+    async def depth() -> int:
+        conn = await aio_pika.connect(url)
+        async with conn:
+            q = await (await conn.channel()).declare_queue("orders.b2c", passive=True)
+            return int(q.declaration_result.message_count)
+
+    assert asyncio.run(depth()) == 4
+    del pub
+    gc.collect()  # the first loop's leftovers go now, under this test's warning filter
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_given_connection_of_another_loop_is_a_clear_error(url, topology):
+    async def first() -> Publisher:
+        pub = Publisher(connection=await aio_pika.connect_robust(url))
+        await pub.publish("orders", "b2c", b"first")
+        return pub
+
+    pub = asyncio.run(first())
+    with pytest.raises(RuntimeError, match="belongs to another event loop"):
+        asyncio.run(pub.publish("orders", "b2c", b"second"))
+    del pub
+    gc.collect()
