@@ -8,7 +8,7 @@ type, message id, delivery mode, timestamp, and ``traceparent``/``baggage`` head
 
 ``PublishProperties`` is a ``Basic.Properties`` (aiormq and pamqp see nothing else) whose
 ``marshal()`` walks a precomputed (name, flag, encoder) list and writes short strings and headers
-with ``str`` values directly (~2 µs). It produces the same bytes as pamqp: every other value type,
+with ``str`` values directly (3.9 µs). It produces the same bytes as pamqp: every other value type,
 and every value pamqp would reject or truncate, goes through pamqp's own encoder, so errors and
 warnings are pamqp's too. The tests compare both encoders byte for byte.
 """
@@ -26,7 +26,6 @@ __all__ = ["PublishProperties"]
 
 _UINT = struct.Struct(">I")
 _USHORT = struct.Struct(">H")
-_EMPTY_TABLE = _UINT.pack(0)
 
 
 def _short_string(value: Any) -> bytes:
