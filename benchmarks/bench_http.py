@@ -3,6 +3,9 @@
     python benchmarks/bench_http.py                   # 3 rounds x 4 variants x 5 s
     python benchmarks/bench_http.py --rounds 5 --duration 10 --connections 32
     python benchmarks/bench_http.py --server plain    # asyncio + h11 instead of uvloop + httptools
+    # a change against an older tree, in one interleaved run (before:obskit, before:obskit_10pct)
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/bench_http.py --before /tmp/before --variants bare,obskit,obskit_10pct
 
 Servers: ``standard`` (default) is uvicorn as ``pip install 'uvicorn[standard]'`` (and
 ``fastapi[standard]``) installs it, with uvloop and httptools: the setup of the reference figures in
@@ -100,6 +103,9 @@ def build_app(variant: str) -> Any:
     return app
 
 
+BEFORE = "before:"  # prefix of a variant served from the --before tree
+
+
 def serve(variant: str, port: int, server: str = "standard") -> None:
     if variant == "obskit_10pct":
         os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
@@ -167,12 +173,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(variant: str, duration: float, connections: int, threads: int,
-            warmup: float, server: str) -> dict[str, float]:
+            warmup: float, server: str, before: str | None = None) -> dict[str, float]:
     port = _free_port()
+    env = None
+    if variant.startswith(BEFORE):
+        # The older tree's obskit first on the path (ahead of the editable install); the
+        # server script is this one, so both sides serve the same app.
+        variant = variant[len(BEFORE):]
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(before or ".")}
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _wait_port(port)
         url = f"http://127.0.0.1:{port}/items/42"
@@ -202,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--server", choices=("standard", "plain", "both"), default="standard",
                     help="uvicorn with uvloop + httptools (standard) or asyncio + h11 (plain)")
+    ap.add_argument("--before", metavar="DIR",
+                    help="an older checkout (e.g. a git worktree): every obskit variant also "
+                         "runs from it, as before:<variant>, interleaved with the current one")
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -227,15 +242,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_server(args: argparse.Namespace, server: str) -> None:
     variants = [v for v in args.variants.split(",") if v]
+    if args.before:
+        if not os.path.isdir(os.path.join(args.before, "obskit")):
+            raise SystemExit(f"--before {args.before}: no obskit package in that directory")
+        variants += [BEFORE + v for v in variants if v.startswith("obskit")]
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
         # Rotate who goes first so slow phases of the machine hit every variant alike.
         k = r % len(variants)
         for v in variants[k:] + variants[:k]:
             res = measure(v, args.duration, args.connections, args.threads, args.warmup,
-                          server)
+                          server, args.before)
             results[v].append(res)
-            print(f"{server} round {r + 1}/{args.rounds} {v:<14} {res['rps']:7.0f} req/s  "
+            print(f"{server} round {r + 1}/{args.rounds} {v:<21} {res['rps']:7.0f} req/s  "
                   f"p50 {res['p50']:6.2f} ms  p99 {res['p99']:7.2f} ms  "
                   f"cpu {res['cpu_us']:6.1f} us/req", flush=True)
 
