@@ -249,21 +249,22 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 
 # The fast path for lines obskit writes itself with known-safe fields (the access log): no
 # structlog dispatch, no scrubbing of obskit's own values. Set by configure().
-_fast_emit: Callable[[str, str, str, dict[str, Any]], None] | None = None
+_fast_emit: Callable[[str, str, dict[str, Any]], None] | None = None
 _writer: _Writer | None = None
 
 
-def emit(logger_name: str, level: str, event: str, fields: dict[str, Any]) -> None:
+def emit(logger_name: str, level: str, line: dict[str, Any]) -> None:
     """Write one line that obskit composed itself (the access log) through the pipeline's tail.
 
-    ``fields`` must already hold the context the line needs (order, request id, and ideally
-    ``trace_id``/``span_id``); only timestamp, service, missing trace ids, OTLP export and the
-    renderer are applied. No scrubbing: callers pass values obskit produced (never a query
-    string or a header value other than the request id).
+    ``line`` starts with its ``"event"`` key (the message) and must already hold the context the
+    line needs (order, request id, and ideally ``trace_id``/``span_id``); level, logger,
+    timestamp, service, missing trace ids, OTLP export and the renderer are applied to it in
+    place (the caller hands it over: one dict per line). No scrubbing: callers pass values obskit
+    produced (never a query string or a header value other than the request id).
     """
     fast = _fast_emit
     if fast is not None:
-        fast(logger_name, level, event, fields)
+        fast(logger_name, level, line)
 
 
 def flush() -> None:
@@ -327,12 +328,14 @@ def configure(settings: Settings, logger_provider: Any | None,
     enabled = frozenset(name.lower() for name, no in _LEVELS.items() if no >= level)
     write = writer.write
 
-    def fast_emit(logger_name: str, method: str, event: str, fields: dict[str, Any]) -> None:
-        # The access line of every request: one dict, no processor dispatch.
+    def fast_emit(logger_name: str, method: str, event_dict: dict[str, Any]) -> None:
+        # The access line of every request: the caller's dict, no processor dispatch.
         if method not in enabled:
             return
-        event_dict: Any = {"event": event, **fields, "level": method, "logger": logger_name,
-                           "timestamp": timestamp(), "service": service}
+        event_dict["level"] = method
+        event_dict["logger"] = logger_name
+        event_dict["timestamp"] = timestamp()
+        event_dict["service"] = service
         if "trace_id" not in event_dict:
             add_trace_context(None, method, event_dict)
         if export is not None:

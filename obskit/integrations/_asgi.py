@@ -236,7 +236,8 @@ class ObskitASGIMiddleware:
         observe_traced(child, duration, trace_id if recording else None)
 
         path = scope["path"]
-        fields: dict[str, Any] = {"method": method, "route": route, "path": path,
+        fields: dict[str, Any] = {"event": f"{method} {path} {status_code}",
+                                  "method": method, "route": route, "path": path,
                                   "status_code": status_code,
                                   "duration_ms": round(duration * 1000, 3)}
         client = scope.get("client")
@@ -251,8 +252,7 @@ class ObskitASGIMiddleware:
             fields["trace_id"] = trace_id
             fields["span_id"] = span_id
         _http.add_request_fields(fields, request, _BAGGAGE in headers)
-        _logging.emit(_ACCESS, "error" if status_code >= 500 else "info",
-                      f"{method} {path} {status_code}", fields)
+        _logging.emit(_ACCESS, "error" if status_code >= 500 else "info", fields)
 
         if span is None:
             return

@@ -159,7 +159,8 @@ class ObskitWSGIMiddleware:
                            format(span.get_span_context().trace_id, "032x") if recording else None)
             st.active.labels(method).dec()
             path = environ.get("PATH_INFO", "")
-            fields: dict[str, Any] = {"method": method, "route": route, "path": path,
+            fields: dict[str, Any] = {"event": f"{method} {path} {status}",
+                                      "method": method, "route": route, "path": path,
                                       "status_code": status,
                                       "duration_ms": round(duration * 1000, 3)}
             client = environ.get("REMOTE_ADDR")
@@ -169,8 +170,7 @@ class ObskitWSGIMiddleware:
             if request_id is not None:
                 fields["request_id"] = request_id
             _http.add_request_fields(fields, req.fields)
-            _logging.emit(_http.ACCESS_LOGGER, "error" if status >= 500 else "info",
-                          f"{method} {path} {status}", fields)
+            _logging.emit(_http.ACCESS_LOGGER, "error" if status >= 500 else "info", fields)
             if span is None:
                 return
             if recording:
