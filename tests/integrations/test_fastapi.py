@@ -290,3 +290,26 @@ async def test_server_timing_header_when_asked() -> None:
                                  base_url="http://t") as client:
         with init_for_tests("svc", disabled_instrumentations="pika,aio_pika"):
             assert "server-timing" not in (await client.get("/orders/1")).headers  # default off
+
+
+async def test_fastapis_inert_exception_telemetry_layer_is_unlinked(obs: Captured) -> None:
+    from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+
+    def layers(stack: Any) -> list[type]:
+        found = []
+        while stack is not None and len(found) < 20:
+            found.append(type(stack))
+            stack = getattr(stack, "app", None)
+        return found
+
+    app = make_app()
+    assert await call(app, "/orders/1", "/boom") == [200, 500]
+    assert ExceptionTelemetryMiddleware not in layers(app.middleware_stack)
+    # Exceptions still reach obskit's span and FastAPI's own error handling.
+    boom = [s for s in obs.spans if s.name == "GET /boom"]
+    assert boom and boom[0].status.status_code == StatusCode.ERROR
+    # Without obskit the layer is there (FastAPI's native telemetry may switch itself on).
+    obskit.shutdown()
+    plain = make_app()
+    assert await call(plain, "/orders/1") == [200]
+    assert ExceptionTelemetryMiddleware in layers(plain.middleware_stack)
