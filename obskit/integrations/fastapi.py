@@ -38,38 +38,46 @@ def _native_off(self: Any) -> bool:
     return False
 
 
+_SIGNALS = ("tracing", "metrics", "logs")  # the keys of an app's native telemetry config
+
+
 def disable_native_telemetry(app: Any) -> None:
     """Turn FastAPI's built-in telemetry off on ``app`` (a no-op for other apps)."""
     config = getattr(app, "_telemetry", None)
     if isinstance(config, dict):  # shared with app._native_telemetry.config
-        config["tracing"] = config["metrics"] = config["logs"] = False
+        for signal in _SIGNALS:
+            config[signal] = False
 
 
-def _app_telemetry_off(app: Any) -> bool:
-    config = getattr(app, "_telemetry", None)
-    return isinstance(config, dict) and not any(
-        config.get(k) for k in ("tracing", "metrics", "logs"))
-
-
-def drop_inert_telemetry_layer(app: Any, stack: Any) -> Any:
+def _drop_inert_telemetry_layer(app: Any, stack: Any) -> None:
     """Unlink FastAPI's ``ExceptionTelemetryMiddleware`` from ``app``'s built stack when the
     app's native telemetry is off: it only reports exceptions to that telemetry (and re-raises),
-    so with it off the layer is one ``await`` per request doing nothing. Returns ``stack``."""
+    so with it off the layer is one ``await`` per request doing nothing."""
     try:
         from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
     except ImportError:  # FastAPI before 0.16x: no such layer
-        return stack
-    if not _app_telemetry_off(app):
-        return stack
+        return
+    config = getattr(app, "_telemetry", None)
+    if not isinstance(config, dict) or any(config.get(s) for s in _SIGNALS):
+        return
     parent = stack
     for _ in range(8):  # ours, ServerErrorMiddleware, then this one
         child = getattr(parent, "app", None)
         if child is None:
-            break
+            return
         if type(child) is ExceptionTelemetryMiddleware:
             parent.app = child.app
-            break
+            return
         parent = child
+
+
+def _build_stack(build: Any, app: Any, args: Any, kwargs: Any, explicit: bool = False) -> Any:
+    """Starlette's stack under obskit's middleware, without FastAPI's inert telemetry layer."""
+    stack = wrap_build_middleware_stack(build, app, args, kwargs, explicit=explicit)
+    try:
+        _drop_inert_telemetry_layer(app, stack)
+    except Exception as exc:
+        internal_error("fastapi.drop_telemetry_layer", exc)
     return stack
 
 
@@ -86,12 +94,7 @@ def _wrap_build(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         disable_native_telemetry(instance)
     except Exception as exc:
         internal_error("fastapi.build_middleware_stack", exc)
-    stack = wrap_build_middleware_stack(wrapped, instance, args, kwargs)
-    try:
-        drop_inert_telemetry_layer(instance, stack)
-    except Exception as exc:
-        internal_error("fastapi.drop_telemetry_layer", exc)
-    return stack
+    return _build_stack(wrapped, instance, args, kwargs)
 
 
 def instrument_app(app: Any) -> Any:
@@ -113,12 +116,7 @@ def instrument_app(app: Any) -> Any:
             build = app.build_middleware_stack
 
             def build_instrumented() -> Any:
-                stack = wrap_build_middleware_stack(lambda: build(), app, (), {}, explicit=True)
-                try:
-                    drop_inert_telemetry_layer(app, stack)
-                except Exception as exc:
-                    internal_error("fastapi.drop_telemetry_layer", exc)
-                return stack
+                return _build_stack(lambda: build(), app, (), {}, explicit=True)
 
             app.build_middleware_stack = build_instrumented  # type: ignore[method-assign]
     elif isinstance(app.middleware_stack, ObskitASGIMiddleware):

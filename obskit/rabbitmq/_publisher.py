@@ -151,8 +151,7 @@ class Publisher:
         self._loop = loop
 
     async def close(self) -> None:
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._follow_loop()  # what the old loop owned cannot be closed from here
+        self._follow_loop()  # from another loop: what the old one owned cannot be closed here
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
