@@ -132,6 +132,7 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
         handle, _handle = _handle, None
     if handle is None:
         return
+    _logging.flush()  # requests waiting in the batch: their metrics and lines, while all is up
     uninstrument_all()
     set_active(None)
     _logging.quiet_uvicorn_access(False)

@@ -82,28 +82,45 @@ def _drop_color_message(logger: Any, method_name: str, event_dict: Any) -> Any:
     return event_dict
 
 
+def _run(work: Callable[[Any], str | None], arg: Any) -> str | None:
+    try:
+        return work(arg)
+    except Exception as exc:  # a bug in deferred bookkeeping must not lose the other lines
+        from obskit._internal import internal_error
+
+        internal_error("logs.deferred", exc)
+        return None
+
+
 class _Writer:
     """Writes rendered lines to a text stream (default: the current ``sys.stdout``).
 
     Lines from threads never interleave and keep their order. To a file or a pipe, lines are
     queued (a deque append, no lock) and written in batches, one joined ``write`` each: by a
     daemon thread at most ``FLUSH_INTERVAL`` seconds later, by the logging thread itself once
-    ``MAX_PENDING`` lines wait, before a fork, and at flush/shutdown/exit. A terminal, or a
+    ``MAX_PENDING`` items wait, before a fork, and at flush/shutdown/exit. A terminal, or a
     stream that is not a file (``StringIO``, pytest's capture), gets every line at once.
+
+    The queue also takes *deferred work* (``defer``): a function that produces a line when its
+    batch is written — the server middlewares hand over a finished request this way, and its
+    metrics and access line are made in the batch, in order with the lines around it.
 
     Why batches: a ``TextIOWrapper.write`` per line costs ~0.6 µs in a tight loop but ~10 µs per
     request inside a loaded server (measured, docs/performance-http.md), where a deque append
-    costs next to nothing. A process killed with SIGKILL can lose the last ``FLUSH_INTERVAL``
-    of output, as with any buffered stdout.
+    costs next to nothing; the same holds for the bookkeeping of a request (~10 µs less per
+    request when done in batches). A process killed with SIGKILL can lose the last
+    ``FLUSH_INTERVAL`` of output, as with any buffered stdout.
     """
 
     FLUSH_INTERVAL = 0.1
-    MAX_PENDING = 1000
+    MAX_PENDING = 256
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
-        self._lock = threading.Lock()  # one batch at a time reaches the stream, in order
-        self._pending: deque[str] = deque()
+        # One batch at a time reaches the stream, in order. Re-entrant: deferred work run under
+        # it may log (an internal error), which writes at once on a terminal.
+        self._lock = threading.RLock()
+        self._pending: deque[Any] = deque()  # lines (str) and deferred work (function, argument)
         self._checked: Any = None  # the stream the mode below was decided for
         self._immediate = True
         self._flusher_pid = 0
@@ -133,8 +150,25 @@ class _Writer:
             except (ValueError, OSError):  # closed stream: drop the line, keep the host running
                 pass
             return
+        self._queue(line)
+
+    def defer(self, work: Callable[[Any], str | None], arg: Any) -> None:
+        """Run ``work(arg)`` when the lines queued so far are written; write the line it returns.
+
+        Where lines are written at once (terminal, capture stream, closed writer), at once.
+        """
+        stream = self._stream or sys.stdout
+        immediate = self._immediate if stream is self._checked else self._decide(stream)
+        if immediate or self._closed:
+            line = _run(work, arg)
+            if line is not None:
+                self.write(line)
+            return
+        self._queue((work, arg))
+
+    def _queue(self, item: Any) -> None:
         pending = self._pending
-        pending.append(line)
+        pending.append(item)
         if self._flusher_pid != os.getpid():  # first line, or first line after a fork
             self._start_flusher()
         if len(pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
@@ -152,9 +186,17 @@ class _Writer:
         if not pending:
             return
         popleft = pending.popleft
-        lines = [popleft() for _ in range(len(pending))]  # others may append meanwhile
-        stream.write("\n".join(lines) + "\n")
-        stream.flush()
+        lines = []
+        for _ in range(len(pending)):  # others may append meanwhile: they wait for the next batch
+            item = popleft()
+            if item.__class__ is not str:
+                item = _run(*item)
+                if item is None:
+                    continue
+            lines.append(item)
+        if lines:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
 
     def flush(self) -> None:
         if not self._pending:
@@ -172,7 +214,7 @@ class _Writer:
     def after_fork_in_child(self) -> None:
         """Lines queued in the parent are the parent's to write; the lock may have been held."""
         self._pending.clear()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _start_flusher(self) -> None:
         with self._lock:
@@ -231,10 +273,12 @@ def _json_renderer() -> Callable[[Any, str, Any], str]:
 _ts_cache: tuple[int, str] = (0, "")
 
 
-def timestamp() -> str:
-    """Now, ISO 8601 UTC with microseconds; the seconds part is formatted once per second."""
+def timestamp(now: float | None = None) -> str:
+    """``now`` (default: now), ISO 8601 UTC with microseconds; the seconds part is formatted
+    once per second."""
     global _ts_cache
-    now = time.time()
+    if now is None:
+        now = time.time()
     sec = int(now)
     cached = _ts_cache
     if cached[0] != sec:
@@ -249,22 +293,45 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 
 # The fast path for lines obskit writes itself with known-safe fields (the access log): no
 # structlog dispatch, no scrubbing of obskit's own values. Set by configure().
-_fast_emit: Callable[[str, str, dict[str, Any]], None] | None = None
+_fast_render: Callable[[str, str, dict[str, Any], float | None], str | None] | None = None
 _writer: _Writer | None = None
+_exporting = False
 
 
-def emit(logger_name: str, level: str, line: dict[str, Any]) -> None:
-    """Write one line that obskit composed itself (the access log) through the pipeline's tail.
+def render(logger_name: str, level: str, line: dict[str, Any],
+           at: float | None = None) -> str | None:
+    """Render one line that obskit composed itself (the access log) through the pipeline's tail.
 
     ``line`` starts with its ``"event"`` key (the message) and must already hold the context the
-    line needs (order, request id, and ideally ``trace_id``/``span_id``); level, logger,
-    timestamp, service, missing trace ids, OTLP export and the renderer are applied to it in
+    line needs (order, request id, ``trace_id``/``span_id``); level, logger, timestamp (``at``,
+    a ``time.time()``, default now), service, OTLP export and the renderer are applied to it in
     place (the caller hands it over: one dict per line). No scrubbing: callers pass values obskit
-    produced (never a query string or a header value other than the request id).
+    produced (never a query string or a header value other than the request id). None when the
+    level is switched off or obskit's logging is not configured.
     """
-    fast = _fast_emit
-    if fast is not None:
-        fast(logger_name, level, line)
+    fast = _fast_render
+    return None if fast is None else fast(logger_name, level, line, at)
+
+
+def defer(work: Callable[[Any], str | None], arg: Any) -> None:
+    """Run ``work(arg)`` — a finished request's bookkeeping — with the next batch of lines.
+
+    ``work`` returns the line to write (``render()``'s result) or None. It runs in the batch,
+    in order with the lines logged before it, on whichever thread writes the batch: it must not
+    rely on the caller's context (the OTel context, context variables). Where lines are written
+    at once, and before ``init()``, it runs at once.
+    """
+    writer = _writer
+    if writer is None:
+        _run(work, arg)
+        return
+    writer.defer(work, arg)
+
+
+def exporting() -> bool:
+    """Whether rendered lines are also exported as OTel log records (they read the current
+    OTel context for their trace ids: deferred work must attach the request's)."""
+    return _exporting
 
 
 def flush() -> None:
@@ -316,33 +383,31 @@ def configure(settings: Settings, logger_provider: Any | None,
         export = _OtlpExport(logger_provider)
         shared.append(export)
 
-    global _writer, _fast_emit
+    global _writer, _fast_render, _exporting
     if _writer is not None:
         _writer.close()
     writer = _writer = _Writer(stream)
     level = _LEVELS[settings.log_level]
 
     service = settings.service_name
-    add_trace_context = processors.add_trace_context
 
     enabled = frozenset(name.lower() for name, no in _LEVELS.items() if no >= level)
-    write = writer.write
 
-    def fast_emit(logger_name: str, method: str, event_dict: dict[str, Any]) -> None:
+    def fast_render(logger_name: str, method: str, event_dict: dict[str, Any],
+                    at: float | None) -> str | None:
         # The access line of every request: the caller's dict, no processor dispatch.
         if method not in enabled:
-            return
+            return None
         event_dict["level"] = method
         event_dict["logger"] = logger_name
-        event_dict["timestamp"] = timestamp()
+        event_dict["timestamp"] = timestamp(at)
         event_dict["service"] = service
-        if "trace_id" not in event_dict:
-            add_trace_context(None, method, event_dict)
         if export is not None:
             export(None, method, event_dict)
-        write(renderer(None, method, event_dict))
+        return renderer(None, method, event_dict)  # type: ignore[no-any-return]
 
-    _fast_emit = fast_emit
+    _fast_render = fast_render
+    _exporting = export is not None
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -464,8 +529,9 @@ def _remove_otel_handlers(root: logging.Logger) -> None:
 
 
 def reset() -> None:
-    global _stdlib_handler, _fast_emit, _writer
-    _fast_emit = None
+    global _stdlib_handler, _fast_render, _writer, _exporting
+    _fast_render = None
+    _exporting = False
     if _writer is not None:
         _writer.close()
         _writer = None

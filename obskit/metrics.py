@@ -162,6 +162,19 @@ def observe(histogram_child: Any, value: float) -> None:
     observe_span(histogram_child, value, trace.get_current_span())
 
 
+class _WritePendingFirst:
+    """A collector with no metrics: writes the log writer's pending batch when collected."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        from obskit import _logging
+
+        _logging.flush()
+        return []
+
+
 class Catalogue:
     """All obskit metric families, bound to one registry."""
 
@@ -169,6 +182,9 @@ class Catalogue:
                  max_series: int = DEFAULT_MAX_SERIES) -> None:
         self.registry = REGISTRY if registry is None else registry
         self._max_series = max_series
+        # First in the registry, so every scrape (and get_sample_value) sees the requests that
+        # wait in the log writer's batch (obskit.integrations._http.finish).
+        self.registry.register(_WritePendingFirst())
         self.families: dict[str, _Guarded] = {}
         self.series_overflow = Counter(
             "obskit_metrics_series_overflow", "Label sets folded into __overflow__ by the "

@@ -216,3 +216,38 @@ def test_a_closed_writer_writes_at_once_instead_of_queueing(tmp_path):
         assert path.read_text() == "queued\n"
         writer.write("late")  # e.g. from an atexit hook after shutdown: nobody would flush it
         assert path.read_text() == "queued\nlate\n"
+
+
+def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
+        tmp_path, monkeypatch):
+    import io
+
+    from obskit._logging import _Writer
+
+    monkeypatch.setenv("OBSKIT_RAISE_INTERNAL_ERRORS", "0")
+    monkeypatch.setattr(_Writer, "FLUSH_INTERVAL", 60.0)  # only flush() writes here
+    ran = []
+
+    def work(arg):
+        ran.append(arg)
+        if arg == "broken":
+            raise RuntimeError("bookkeeping bug")
+        return None if arg == "silent" else f"made {arg}"
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        writer = _Writer(stream)
+        writer.write("first")
+        for arg in ("a", "silent", "broken", "b"):
+            writer.defer(work, arg)
+        writer.write("last")
+        assert ran == [] and path.read_text() == ""  # a file: all of it waits for the batch
+        writer.flush()
+        assert ran == ["a", "silent", "broken", "b"]
+        assert path.read_text() == "first\nmade a\nmade b\nlast\n"
+        writer.close()
+
+    captured = io.StringIO()  # not a file: lines and work at once
+    writer = _Writer(captured)
+    writer.defer(work, "now")
+    assert captured.getvalue() == "made now\n"

@@ -26,12 +26,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from obskit import _logging
 from obskit._context import begin_request, end_request
 from obskit._internal import internal_error
 from obskit._tracing import set_attributes_fast
 from obskit.integrations import _http
-from obskit.metrics import observe_traced
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -174,7 +172,9 @@ class ObskitASGIMiddleware:
             raise
         finally:
             try:
-                self._finish(st, scope, start, status_code, span, error, headers, request)
+                self._finish(st, scope, start, status_code, span, error, headers, request,
+                             active)
+                active = None  # handed over: decremented with the request's metrics
             except Exception as exc:
                 internal_error("asgi.finish", exc)
             finally:
@@ -211,7 +211,8 @@ class ObskitASGIMiddleware:
 
     def _finish(self, st: _http.ServerState, scope: Scope, start: float, status_code: int,
                 span: Any, error: BaseException | None, headers: dict[bytes, bytes],
-                request: dict[str, Any]) -> None:
+                request: dict[str, Any], active: Any) -> None:
+        """Hand the request's metrics and access line over (made in a batch), end its span."""
         if not status_code:
             status_code = 500  # the app raised (or returned) before sending a response
         route_obj = scope.get("route")
@@ -224,52 +225,43 @@ class ObskitASGIMiddleware:
         if method not in _KNOWN_METHODS:
             method = "_OTHER"
         duration = perf_counter() - start
-
-        child = st.duration.labels(method, route, status_code)
-        recording = span is not None and span.is_recording()
-        trace_id = span_id = None
+        recording = False
+        sc = None
         if span is not None:
+            recording = span.is_recording()
             sc = span.get_span_context()
-            if sc.is_valid:
-                trace_id = format(sc.trace_id, "032x")
-                span_id = format(sc.span_id, "016x")
-        observe_traced(child, duration, trace_id if recording else None)
-
-        path = scope["path"]
-        fields: dict[str, Any] = {"event": f"{method} {path} {status_code}",
-                                  "method": method, "route": route, "path": path,
-                                  "status_code": status_code,
-                                  "duration_ms": round(duration * 1000, 3)}
-        client = scope.get("client")
-        if client:
-            fields["client"] = client[0]
         request_id = request.get("request_id")
         if request_id is None and _REQUEST_ID in headers:  # request ids switched off: echo only
             request_id = _http.request_id(headers[_REQUEST_ID])
-        if request_id is not None:
-            fields["request_id"] = request_id
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
-            fields["span_id"] = span_id
-        _http.add_request_fields(fields, request, _BAGGAGE in headers)
-        _logging.emit(_ACCESS, "error" if status_code >= 500 else "info", fields)
-
+        client = scope.get("client")
+        _http.finish(st, active, method, route, status_code, duration, sc, recording,
+                     scope["path"], client[0] if client else None, request_id, request,
+                     _http.caller_order(request, _BAGGAGE in headers))
         if span is None:
             return
-        if recording:
-            attrs = self._attributes(scope, headers)
-            attrs["http.response.status_code"] = status_code
-            if route != _UNMATCHED:
-                span.update_name(f"{method} {route}")
-                attrs["http.route"] = route
-            if request_id is not None:
-                attrs["http.request.header.x-request-id"] = (request_id,)
-            set_attributes_fast(span, attrs)
-            if error is not None and isinstance(error, Exception):
-                span.record_exception(error)
-                span.set_attribute("error.type", type(error).__qualname__)
-                span.set_status(Status(_ERROR, f"{type(error).__name__}: {error}"))
-            elif status_code >= 500:
-                span.set_attribute("error.type", str(status_code))
-                span.set_status(Status(_ERROR))
-        span.end()
+        try:
+            if recording:
+                self._end_recording(span, scope, headers, method, route, status_code,
+                                    request_id, error)
+            span.end()
+        except Exception as exc:
+            internal_error("asgi.span", exc)
+
+    def _end_recording(self, span: Any, scope: Scope, headers: dict[bytes, bytes], method: str,
+                       route: str, status_code: int, request_id: str | None,
+                       error: BaseException | None) -> None:
+        attrs = self._attributes(scope, headers)
+        attrs["http.response.status_code"] = status_code
+        if route != _UNMATCHED:
+            span.update_name(f"{method} {route}")
+            attrs["http.route"] = route
+        if request_id is not None:
+            attrs["http.request.header.x-request-id"] = (request_id,)
+        set_attributes_fast(span, attrs)
+        if error is not None and isinstance(error, Exception):
+            span.record_exception(error)
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(Status(_ERROR, f"{type(error).__name__}: {error}"))
+        elif status_code >= 500:
+            span.set_attribute("error.type", str(status_code))
+            span.set_status(Status(_ERROR))

@@ -16,11 +16,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from obskit import _logging
 from obskit._context import begin_request, end_request
 from obskit._internal import internal_error
 from obskit.integrations import _http
-from obskit.metrics import observe_traced
 
 __all__ = ["ROUTE_KEY", "ObskitWSGIMiddleware", "record_exception"]
 
@@ -154,23 +152,13 @@ class ObskitWSGIMiddleware:
             duration = perf_counter() - req.start
             span = req.span
             recording = span is not None and span.is_recording()
-            child = st.duration.labels(method, route, status)
-            observe_traced(child, duration,
-                           format(span.get_span_context().trace_id, "032x") if recording else None)
-            st.active.labels(method).dec()
             path = environ.get("PATH_INFO", "")
-            fields: dict[str, Any] = {"event": f"{method} {path} {status}",
-                                      "method": method, "route": route, "path": path,
-                                      "status_code": status,
-                                      "duration_ms": round(duration * 1000, 3)}
             client = environ.get("REMOTE_ADDR")
-            if client:
-                fields["client"] = client
             request_id = req.fields.get("request_id") or environ.get("HTTP_X_REQUEST_ID")
-            if request_id is not None:
-                fields["request_id"] = request_id
-            _http.add_request_fields(fields, req.fields)
-            _logging.emit(_http.ACCESS_LOGGER, "error" if status >= 500 else "info", fields)
+            _http.finish(st, st.active.labels(method), method, route, status, duration,
+                         None if span is None else span.get_span_context(), recording, path,
+                         client or None, request_id, req.fields,
+                         _http.caller_order(req.fields, True))
             if span is None:
                 return
             if recording:
