@@ -150,11 +150,22 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+#: ``--pin``: (server CPUs, wrk CPUs), else None (the scheduler decides).
+PIN: tuple[set[int], set[int]] | None = None
+
+
+def _pinned(cpus: set[int] | None) -> Any:
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_wrk(url: str, duration: float, connections: int, threads: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
          "--latency", url],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True, text=True, check=True,
+        preexec_fn=_pinned(PIN[1] if PIN else None)).stdout  # noqa: PLW1509 - no threads here
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -184,7 +195,8 @@ def measure(variant: str, duration: float, connections: int, threads: int,
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_pinned(PIN[0] if PIN else None))  # noqa: PLW1509
     try:
         _wait_port(port)
         url = f"http://127.0.0.1:{port}/items/42"
@@ -217,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--before", metavar="DIR",
                     help="an older checkout (e.g. a git worktree): every obskit variant also "
                          "runs from it, as before:<variant>, interleaved with the current one")
+    ap.add_argument("--pin", action="store_true",
+                    help="server on the first CPU, wrk on the others (less run-to-run noise "
+                         "where nothing else runs; needs 2+ CPUs)")
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -226,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.pin:
+        global PIN
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        PIN = ({cpus[0]}, set(cpus[1:]))
     servers = ("standard", "plain") if args.server == "both" else (args.server,)
     if "standard" in servers:
         try:

@@ -239,6 +239,8 @@ class ObskitASGIMiddleware:
                      _http.caller_order(request, _BAGGAGE in headers))
         if span is None:
             return
+        # Ended here, not with the metrics in the batch: a span kept alive until its batch is
+        # written measured ~6 µs per request slower (more survivors for the garbage collector).
         try:
             if recording:
                 self._end_recording(span, scope, headers, method, route, status_code,
