@@ -58,7 +58,6 @@ _USER_AGENT = b"user-agent"
 _REQUEST_ID = b"x-request-id"
 _HOST = b"host"
 _WANTED = frozenset({_TRACEPARENT, _TRACESTATE, _BAGGAGE, _USER_AGENT, _REQUEST_ID, _HOST})
-_ACCESS = _http.ACCESS_LOGGER
 _SERVER_TIMING = _http.SERVER_TIMING.encode()
 _MAX_TEMPLATES = 10_000
 
