@@ -105,3 +105,47 @@ async def test_the_exported_access_record_carries_its_requests_trace(
     access = next(log for log in logs if log.attributes.get("logger") == "obskit.access")
     assert access.body == "GET /orders/ord-9 200"
     assert (access.trace_id, access.span_id) == (span.trace_id, span.span_id)
+
+
+def test_a_flask_request_is_batched_the_same_way(tmp_path: Path, slow_flusher: None) -> None:
+    import flask
+
+    app = flask.Flask("shop")
+
+    @app.get("/orders/<order_id>")
+    def get_order(order_id: str) -> dict[str, str]:
+        with obskit.order_context(order_id, channel="b2b"):
+            obskit.get_logger("shop").info("looked up")
+        return {"order_id": order_id}
+
+    @app.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    registry = CollectorRegistry()
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        obskit.init("shop", registry=registry, log_stream=stream, log_format="json",
+                    spans_file="off")
+        client = app.test_client()
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        response = client.get("/orders/ord-4", buffered=True, headers={
+            "traceparent": f"00-{trace_id}-b7ad6b7169203331-01",
+            "baggage": "order.id=ord-caller"})
+        assert response.status_code == 200
+        assert client.get("/ping", buffered=True, headers={
+            "baggage": "order.id=ord-caller,order.channel=b2c"}).status_code == 200
+        assert path.read_text() == ""
+        labels = {"method": "GET", "route": "/orders/<order_id>", "status_code": "200"}
+        assert registry.get_sample_value("http_server_request_duration_seconds_count",
+                                         labels) == 1.0
+        assert registry.get_sample_value("http_server_active_requests", {"method": "GET"}) == 0
+        handler_line, access_line, ping_line = [
+            line for line in _lines(path) if line["logger"] in ("shop", "obskit.access")]
+        obskit.shutdown()
+    assert handler_line["order_id"] == access_line["order_id"] == "ord-4"  # the handler's
+    assert access_line["channel"] == "b2b"
+    assert access_line["trace_id"] == handler_line["trace_id"] == trace_id
+    assert access_line["request_id"] == response.headers["x-request-id"]
+    # No order of its own: the caller's, from the baggage read while the request was current.
+    assert (ping_line["order_id"], ping_line["channel"]) == ("ord-caller", "b2c")
