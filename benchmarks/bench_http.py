@@ -25,7 +25,8 @@ Variants (each in its own uvicorn process, one worker, uvicorn's access log off)
 
 Diagnostic variants (``--variants bare,obskit,obskit_nolog,obskit_notrace``): ``obskit_nolog``
 is ``obskit`` with the access log filtered out (``log_level=WARNING``); ``obskit_notrace`` is
-``obskit`` with ``OTEL_SDK_DISABLED=true`` (metrics + access log only).
+``obskit`` with ``OTEL_SDK_DISABLED=true`` (metrics + access log only); ``obskit_10pct_norid`` is
+``obskit_10pct`` with request ids off (``request_id=False``: no ``X-Request-ID`` made or returned).
 
 Spans go to a no-op exporter in both traced variants so the comparison measures instrumentation,
 not exporting. Prints req/s (median over rounds), p50/p99 latency (median over rounds) and the
@@ -48,7 +49,7 @@ from typing import Any
 
 VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
 #: Diagnostic variants, run with --variants: where obskit's per-request cost goes.
-EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace")
+EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace", "obskit_10pct_norid")
 
 
 # --- server side (runs in the subprocess) --------------------------------------------------------
@@ -85,6 +86,8 @@ def build_app(variant: str) -> Any:
             options["log_level"] = "WARNING"
         if variant == "obskit_notrace":
             options["sdk_disabled"] = True
+        if variant == "obskit_10pct_norid":
+            options["request_id"] = False
         else:
             options["tracer_provider"] = _noop_provider()
         sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
@@ -107,7 +110,7 @@ BEFORE = "before:"  # prefix of a variant served from the --before tree
 
 
 def serve(variant: str, port: int, server: str = "standard") -> None:
-    if variant == "obskit_10pct":
+    if variant.startswith("obskit_10pct"):
         os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
         os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
     import uvicorn
