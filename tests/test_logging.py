@@ -251,3 +251,31 @@ def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
     writer = _Writer(captured)
     writer.defer(work, "now")
     assert captured.getvalue() == "made now\n"
+
+
+def test_deferred_work_from_threads_runs_once_each_in_order_past_the_inline_threshold(tmp_path):
+    import threading
+
+    from obskit._logging import _Writer
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        writer = _Writer(stream)
+
+        def worker(n):
+            for i in range(1000):  # past MAX_PENDING: the threads write batches themselves too
+                if i % 3:
+                    writer.defer(lambda arg: f"{arg[0]}:{arg[1]}", (n, i))
+                else:
+                    writer.write(f"{n}:{i}")
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        writer.close()
+        lines = path.read_text().splitlines()
+    assert len(lines) == 4000
+    for n in range(4):
+        assert [int(x.split(":")[1]) for x in lines if x.startswith(f"{n}:")] == list(range(1000))
