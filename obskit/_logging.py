@@ -138,10 +138,16 @@ class _Writer:
         self._immediate = immediate
         return immediate
 
-    def write(self, line: str) -> None:
+    def _at_once(self) -> Any:
+        """The stream when lines go to it at once (terminal, not a file, or closed: no flusher
+        runs after close()), else None (batched)."""
         stream = self._stream or sys.stdout
         immediate = self._immediate if stream is self._checked else self._decide(stream)
-        if immediate or self._closed:  # after close() no flusher runs: write it now
+        return stream if immediate or self._closed else None
+
+    def write(self, line: str) -> None:
+        stream = self._at_once()
+        if stream is not None:
             try:
                 with self._lock:
                     self._write_pending(stream)  # what was queued before the stream changed
@@ -157,9 +163,7 @@ class _Writer:
 
         Where lines are written at once (terminal, capture stream, closed writer), at once.
         """
-        stream = self._stream or sys.stdout
-        immediate = self._immediate if stream is self._checked else self._decide(stream)
-        if immediate or self._closed:
+        if self._at_once() is not None:
             line = _run(work, arg)
             if line is not None:
                 self.write(line)
