@@ -49,6 +49,7 @@ _extra: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 _request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "obskit_request", default=None
 )
+request_var = _request  # set and reset directly by the ASGI middleware (its hot path)
 
 
 def current_request() -> dict[str, Any] | None:

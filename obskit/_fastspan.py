@@ -63,6 +63,8 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import TraceState
 
 from obskit._internal import internal_error
+from obskit._otel_context import current as _current_context
+from obskit._otel_context import span_of as _span_of
 
 __all__ = ["FastTracer", "LeanSpan"]
 
@@ -79,7 +81,6 @@ _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
-_get_current_span = trace_api.get_current_span
 _getrandbits = random.getrandbits  # what RandomIdGenerator uses
 _tuple_new = tuple.__new__
 _TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
@@ -308,6 +309,7 @@ class FastTracer:
             self.no_attributes = BoundedAttributes(self.limits.max_link_attributes, None,
                                                    immutable=True)
             self._random_ids = type(self.ids) is RandomIdGenerator
+            self._root_bound = self._bound_without_parent()
             self._metrics_noop = type(self._metrics).__name__ == "NoOpTracerMetrics"
             global _lean_spans_work
             if _lean_spans_work is None:  # a property of the SDK version: checked once
@@ -333,6 +335,20 @@ class FastTracer:
               and span.end_time is not None and span.links == () and bool(span.to_json())
               and span.dropped_attributes == 0 and span.status.is_unset)
         return bool(ok)
+
+    def _bound_without_parent(self) -> int | None:
+        """For a span without a parent, the sampler's decision as ``trace_id & mask < bound``
+        (taken inline in ``start_span``); None: ``_decide`` it."""
+        sampler = self.sampler
+        if type(sampler) in _PARENT_BASED:
+            sampler = sampler._root
+        if sampler is ALWAYS_ON:
+            return _TRACE_ID_LIMIT + 1
+        if sampler is ALWAYS_OFF:
+            return 0
+        if type(sampler) in _RATIO:
+            return int(sampler.bound)
+        return None
 
     def _decide(self, parent: SpanContext | None, trace_id: int) -> bool | None:
         """The sampling decision of the samplers obskit configures; None: ask the sampler."""
@@ -363,9 +379,12 @@ class FastTracer:
         links = links or ()
         if not self.fast or not self._config.is_enabled:
             return self.sdk.start_span(name, context, kind, attributes, links)
-        parent: SpanContext | None = _get_current_span(context).get_span_context()
-        if parent is not None and not parent.is_valid:
-            parent = None
+        parent_span = _span_of(context if context is not None else _current_context())
+        parent: SpanContext | None = None
+        if parent_span is not None:
+            parent = parent_span.get_span_context()
+            if parent is not None and not parent.is_valid:
+                parent = None
         random_ids = self._random_ids
         if parent is None:
             if random_ids:  # RandomIdGenerator.generate_trace_id, inline
@@ -381,7 +400,11 @@ class FastTracer:
             trace_id = parent.trace_id
             random_id = parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
-        sampled = self._decide(parent, trace_id)
+        bound = self._root_bound
+        if parent is None and bound is not None:
+            sampled: bool | None = trace_id & _TRACE_ID_LIMIT < bound
+        else:
+            sampled = self._decide(parent, trace_id)
         recording = sampled
         sampler_attributes = None
         if sampled is None:  # a sampler obskit does not know: its own decision, attributes, state

@@ -82,9 +82,9 @@ def _drop_color_message(logger: Any, method_name: str, event_dict: Any) -> Any:
     return event_dict
 
 
-def _run(work: Callable[[Any], str | None], arg: Any) -> str | None:
+def _run(record: tuple[Any, ...]) -> str | None:
     try:
-        return work(arg)
+        return record[0](record)  # type: ignore[no-any-return]
     except Exception as exc:  # a bug in deferred bookkeeping must not lose the other lines
         from obskit._internal import internal_error
 
@@ -120,7 +120,7 @@ class _Writer:
         # One batch at a time reaches the stream, in order. Re-entrant: deferred work run under
         # it may log (an internal error), which writes at once on a terminal.
         self._lock = threading.RLock()
-        self._pending: deque[Any] = deque()  # lines (str) and deferred work (function, argument)
+        self._pending: deque[Any] = deque()  # lines (str) and deferred records (function, ...)
         self._checked: Any = None  # the stream the mode below was decided for
         self._immediate = True
         self._flusher_pid = 0
@@ -158,24 +158,33 @@ class _Writer:
             return
         self._queue(line)
 
-    def defer(self, work: Callable[[Any], str | None], arg: Any) -> None:
-        """Run ``work(arg)`` when the lines queued so far are written; write the line it returns.
-
-        Where lines are written at once (terminal, capture stream, closed writer), at once.
+    def defer(self, record: tuple[Any, ...]) -> None:
+        """Run ``record[0](record)`` when the lines queued so far are written; write the line it
+        returns. Where lines are written at once (terminal, capture stream, closed writer), at
+        once.
         """
+        stream = self._stream or sys.stdout
+        if stream is self._checked and not self._immediate and not self._closed:
+            pending = self._pending  # batched, as decided before: _queue() inline
+            pending.append(record)
+            if self._flusher_pid != _pid or len(pending) >= self.MAX_PENDING:
+                self._queued()
+            return
         if self._at_once() is not None:
-            line = _run(work, arg)
+            line = _run(record)
             if line is not None:
                 self.write(line)
             return
-        self._queue((work, arg))
+        self._queue(record)
 
     def _queue(self, item: Any) -> None:
-        pending = self._pending
-        pending.append(item)
-        if self._flusher_pid != os.getpid():  # first line, or first line after a fork
+        self._pending.append(item)
+        self._queued()
+
+    def _queued(self) -> None:
+        if self._flusher_pid != _pid:  # first line, or first line after a fork
             self._start_flusher()
-        if len(pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
+        if len(self._pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
             self.flush()
 
     # structlog calls these on the "logger" it got from the factory.
@@ -194,7 +203,7 @@ class _Writer:
         for _ in range(len(pending)):  # others may append meanwhile: they wait for the next batch
             item = popleft()
             if item.__class__ is not str:
-                item = _run(*item)
+                item = _run(item)
                 if item is None:
                     continue
             lines.append(item)
@@ -222,9 +231,9 @@ class _Writer:
 
     def _start_flusher(self) -> None:
         with self._lock:
-            if self._flusher_pid == os.getpid():
+            if self._flusher_pid == _pid:
                 return
-            self._flusher_pid = os.getpid()
+            self._flusher_pid = _pid
         threading.Thread(target=self._flush_loop, name="obskit-log-flush", daemon=True).start()
 
     def _flush_loop(self) -> None:
@@ -317,19 +326,26 @@ def render(logger_name: str, level: str, line: dict[str, Any],
     return None if fast is None else fast(logger_name, level, line, at)
 
 
-def defer(work: Callable[[Any], str | None], arg: Any) -> None:
-    """Run ``work(arg)`` — a finished request's bookkeeping — with the next batch of lines.
+def defer(record: tuple[Any, ...]) -> None:
+    """Run ``record[0](record)`` — a finished request's bookkeeping — with the next batch of
+    lines.
 
-    ``work`` returns the line to write (``render()``'s result) or None. It runs in the batch,
-    in order with the lines logged before it, on whichever thread writes the batch: it must not
-    rely on the caller's context (the OTel context, context variables). Where lines are written
-    at once, and before ``init()``, it runs at once.
+    ``record`` is one tuple: the function, then the facts it needs. The function returns the
+    line to write (``render()``'s result) or None. It runs in the batch, in order with the
+    lines logged before it, on whichever thread writes the batch: it must not rely on the
+    caller's context (the OTel context, context variables). Where lines are written at once,
+    and before ``init()``, it runs at once.
+
+    One tuple, holding plain values (ints, strings) rather than objects of their own: every
+    object that waits for the batch counts towards the garbage collector's next young
+    collection (CPython collects after 700 more allocations than deallocations), and a batch
+    holds up to 256 requests (docs/performance-http.md).
     """
     writer = _writer
     if writer is None:
-        _run(work, arg)
+        _run(record)
         return
-    writer.defer(work, arg)
+    writer.defer(record)
 
 
 def exporting() -> bool:
@@ -343,7 +359,14 @@ def flush() -> None:
         _writer.flush()
 
 
+#: This process's id, kept by the fork hook below: ``os.getpid()`` is a system call (~0.2 µs),
+#: and the writer asks on every queued line whether its flusher thread runs in this process.
+_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
     if _writer is not None:
         _writer.after_fork_in_child()
 

@@ -228,7 +228,8 @@ def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
     monkeypatch.setattr(_Writer, "FLUSH_INTERVAL", 60.0)  # only flush() writes here
     ran = []
 
-    def work(arg):
+    def work(record):
+        arg = record[1]
         ran.append(arg)
         if arg == "broken":
             raise RuntimeError("bookkeeping bug")
@@ -239,7 +240,7 @@ def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
         writer = _Writer(stream)
         writer.write("first")
         for arg in ("a", "silent", "broken", "b"):
-            writer.defer(work, arg)
+            writer.defer((work, arg))
         writer.write("last")
         assert ran == [] and path.read_text() == ""  # a file: all of it waits for the batch
         writer.flush()
@@ -249,7 +250,7 @@ def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
 
     captured = io.StringIO()  # not a file: lines and work at once
     writer = _Writer(captured)
-    writer.defer(work, "now")
+    writer.defer((work, "now"))
     assert captured.getvalue() == "made now\n"
 
 
@@ -265,7 +266,7 @@ def test_deferred_work_from_threads_runs_once_each_in_order_past_the_inline_thre
         def worker(n):
             for i in range(1000):  # past MAX_PENDING: the threads write batches themselves too
                 if i % 3:
-                    writer.defer(lambda arg: f"{arg[0]}:{arg[1]}", (n, i))
+                    writer.defer((lambda rec: f"{rec[1]}:{rec[2]}", n, i))
                 else:
                     writer.write(f"{n}:{i}")
 

@@ -19,14 +19,15 @@ paths of the ``Mount``s above it) and cached by identity.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from random import getrandbits as _getrandbits
 from time import perf_counter
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
-from obskit._context import begin_request, end_request
+from obskit import _otel_context
+from obskit._context import request_var
 from obskit._internal import internal_error
 from obskit._tracing import set_attributes_fast
 from obskit.integrations import _http
@@ -46,9 +47,12 @@ _UNMATCHED = _http.UNMATCHED
 _KNOWN_METHODS = _http.KNOWN_METHODS
 _SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
-_set_span_in_context = trace.set_span_in_context
-_attach = otel_context.attach
-_detach = otel_context.detach
+_current_context = _otel_context.current
+_with_span = _otel_context.with_span
+_attach = _otel_context.attach
+_detach = _otel_context.detach
+_set_request = request_var.set
+_reset_request = request_var.reset
 
 # Request headers we read, by their lower-case byte names (ASGI guarantees lower case).
 _TRACEPARENT = b"traceparent"
@@ -118,7 +122,7 @@ class ObskitASGIMiddleware:
         active: Any = None
         headers: dict[bytes, bytes] = {}
         request: dict[str, Any] = {}
-        request_token = begin_request(request)
+        request_token = _set_request(request)
         rid_header: bytes | None = None
         timing = st.server_timing
         try:
@@ -129,21 +133,26 @@ class ObskitASGIMiddleware:
                 if k in _WANTED:
                     headers[k] = v
             if st.request_id:
-                rid = _http.request_id(headers.get(_REQUEST_ID))
+                incoming = headers.get(_REQUEST_ID)
+                rid = (f"{_getrandbits(128):032x}" if incoming is None
+                       else _http.request_id(incoming))  # the common case inline
                 request["request_id"] = rid
                 rid_header = rid.encode("latin-1")
-            active = st.active.labels(method)
-            active.inc()
+            active = st.active_values.get(method)
+            if active is None:
+                active = st.active_for(method)
+            active.inc(1)
             tracer = st.tracer
             if tracer is not None:
-                parent = None
                 if _TRACEPARENT in headers or _BAGGAGE in headers:
                     parent = propagate.extract(
                         {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()})
+                else:
+                    parent = _current_context()
                 # Attributes are set once, at the end (one lock, one pass): our samplers do not
                 # look at them, and an unsampled request never pays for them.
                 span = tracer.start_span(method, parent, _SERVER)
-                token = _attach(_set_span_in_context(span, parent))
+                token = _attach(_with_span(span, parent))
         except Exception as exc:
             internal_error("asgi.start", exc)
 
@@ -177,11 +186,14 @@ class ObskitASGIMiddleware:
             except Exception as exc:
                 internal_error("asgi.finish", exc)
             finally:
-                end_request(request_token)
-                if token is not None:
-                    _detach(token)
+                try:
+                    _reset_request(request_token)
+                    if token is not None:
+                        _detach(token)
+                except Exception as exc:  # pragma: no cover - a token of another context
+                    internal_error("asgi.detach", exc)
                 if active is not None:
-                    active.dec()
+                    active.inc(-1)
 
     @staticmethod
     def _attributes(scope: Scope, headers: dict[bytes, bytes]) -> dict[str, Any]:
@@ -219,7 +231,12 @@ class ObskitASGIMiddleware:
             # FastAPI's router sets "route" only for its own APIRoutes; a plain Starlette Route
             # (app.add_route("/metrics", ...)) leaves its endpoint, which names the route too.
             route_obj = scope.get("endpoint")
-        route = _UNMATCHED if route_obj is None else self._template(route_obj)
+        if route_obj is None:
+            route = _UNMATCHED
+        else:
+            entry = self._templates.get(id(route_obj))
+            route = entry[1] if entry is not None and entry[0] is route_obj else (
+                self._template(route_obj))
         method = scope["method"]
         if method not in _KNOWN_METHODS:
             method = "_OTHER"
@@ -227,8 +244,8 @@ class ObskitASGIMiddleware:
         recording = False
         sc = None
         if span is not None:
-            recording = span.is_recording()
             sc = span.get_span_context()
+            recording = type(span) is not NonRecordingSpan and span.is_recording()
         request_id = request.get("request_id")
         if request_id is None and _REQUEST_ID in headers:  # request ids switched off: echo only
             request_id = _http.request_id(headers[_REQUEST_ID])
@@ -236,14 +253,13 @@ class ObskitASGIMiddleware:
         _http.finish(st, active, method, route, status_code, duration, sc, recording,
                      scope["path"], client[0] if client else None, request_id, request,
                      _http.caller_order(request, _BAGGAGE in headers))
-        if span is None:
+        if not recording:  # no span, or one that records nothing: ending it does nothing
             return
         # Ended here, not with the metrics in the batch: a span kept alive until its batch is
         # written measured ~6 µs per request slower (more survivors for the garbage collector).
         try:
-            if recording:
-                self._end_recording(span, scope, headers, method, route, status_code,
-                                    request_id, error)
+            self._end_recording(span, scope, headers, method, route, status_code, request_id,
+                                error)
             span.end()
         except Exception as exc:
             internal_error("asgi.span", exc)

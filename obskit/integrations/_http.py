@@ -7,7 +7,7 @@ becomes a pass-through after ``shutdown()`` and picks up a new ``init()``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import getrandbits as _getrandbits
 from time import perf_counter
 from time import time as _time
@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.context import attach as _attach
 from opentelemetry.context import detach as _detach
 from opentelemetry.trace import NonRecordingSpan as _NonRecordingSpan
+from opentelemetry.trace import SpanContext as _SpanContext
+from opentelemetry.trace import TraceFlags as _TraceFlags
+from opentelemetry.trace import TraceState as _TraceState
 from opentelemetry.trace import set_span_in_context as _set_span_in_context
 
 from obskit import _logging
@@ -25,6 +28,12 @@ from obskit.metrics import observe_traced
 
 if TYPE_CHECKING:
     from obskit._init import Handle
+
+# A SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid):
+# the request path reads it by index, no property call per field. Checked once: with another
+# layout it reads the properties.
+_EMPTY = _TraceState()
+_BY_INDEX = tuple(_SpanContext(3, 4, False, _TraceFlags(1))) == (3, 4, False, 1, _EMPTY, True)
 
 UNMATCHED = "__unmatched__"
 ACCESS_LOGGER = "obskit.access"
@@ -43,6 +52,21 @@ class ServerState:
     active: Any  # catalogue.http_server_active
     request_id: bool = True  # accept/generate X-Request-ID (the `request_id` option)
     server_timing: bool = False  # Server-Timing: app;dur=... (the `server_timing` option)
+    active_values: dict[str, Any] = field(default_factory=dict)  # active_for()'s, by method
+
+    def active_for(self, method: str) -> Any:
+        """What counts ``method``'s requests in flight: ``.inc(1)`` at the start, ``.inc(-1)``
+        at the end. The gauge child's value itself where prometheus-client has one (the child's
+        ``inc``/``dec`` add three Python calls to each, on every request), else the child."""
+        value = self.active_values.get(method)
+        if value is None:
+            child = self.active.labels(method)
+            value = getattr(child, "_value", None)
+            if getattr(child, "_is_most_recent", True) or not callable(
+                    getattr(value, "inc", None)):
+                value = child  # another prometheus-client: its public inc()
+            self.active_values[method] = value  # methods are bounded (KNOWN_METHODS, _OTHER)
+        return value
 
 
 _MAX_REQUEST_ID = 128
@@ -112,19 +136,27 @@ def finish(st: ServerState, active: Any, method: str, route: str, status: int, d
     decrement waits for the batch too; a scrape writes the pending batch first
     (``metrics.Catalogue``), so what it reads is exact.
     """
-    _logging.defer(_record, (st, active, method, route, status, duration, span_context,
-                             sampled, path, client, request_id, request, order, _time()))
+    # The ids as ints, not the SpanContext: one object less waiting for the batch.
+    ids = span = flags = 0
+    if span_context is not None:
+        if _BY_INDEX:
+            if span_context[5]:  # is_valid
+                ids, span, flags = span_context[0], span_context[1], span_context[3]
+        elif span_context.is_valid:  # pragma: no cover - another API version
+            ids, span, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
+    _logging.defer((_record, st, active, method, route, status, duration, ids, span, flags,
+                    sampled, path, client, request_id, request, order, _time()))
 
 
 def _record(rec: tuple[Any, ...]) -> str | None:
-    (st, active, method, route, status, duration, sc, sampled, path, client, request_id, request,
-     order, at) = rec
-    if active is not None:  # the http_server_active_requests child the request incremented
-        active.dec()
+    (_, st, active, method, route, status, duration, trace_int, span_int, flags, sampled, path,
+     client, request_id, request, order, at) = rec
+    if active is not None:  # what counted the request in http_server_active_requests
+        active.inc(-1)
     trace_id = span_id = None
-    if sc is not None and sc.is_valid:
-        trace_id = format(sc.trace_id, "032x")
-        span_id = format(sc.span_id, "016x")
+    if trace_int:
+        trace_id = format(trace_int, "032x")
+        span_id = format(span_int, "016x")
     observe_traced(st.duration.labels(method, route, status), duration,
                    trace_id if sampled else None)
     fields: dict[str, Any] = {"event": f"{method} {path} {status}",
@@ -142,6 +174,7 @@ def _record(rec: tuple[Any, ...]) -> str | None:
     if trace_id is None or not _logging.exporting():
         return _logging.render(ACCESS_LOGGER, level, fields, at)
     # The OTLP log record takes its trace ids from the current context: the request's.
+    sc = _SpanContext(trace_int, span_int, False, _TraceFlags(flags))
     token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
     try:
         return _logging.render(ACCESS_LOGGER, level, fields, at)

@@ -105,7 +105,7 @@ class ObskitWSGIMiddleware:
                 req.fields["request_id"] = _http.request_id(
                     incoming.encode("latin-1", "replace") if incoming else None)
             environ[_STATE_KEY] = req
-            st.active.labels(method).inc()
+            st.active_for(method).inc(1)
         except Exception as exc:
             internal_error("wsgi.start", exc)
 
@@ -155,7 +155,7 @@ class ObskitWSGIMiddleware:
             path = environ.get("PATH_INFO", "")
             client = environ.get("REMOTE_ADDR")
             request_id = req.fields.get("request_id") or environ.get("HTTP_X_REQUEST_ID")
-            _http.finish(st, st.active.labels(method), method, route, status, duration,
+            _http.finish(st, st.active_for(method), method, route, status, duration,
                          None if span is None else span.get_span_context(), recording, path,
                          client or None, request_id, req.fields,
                          _http.caller_order(req.fields, True))
