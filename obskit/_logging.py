@@ -295,8 +295,9 @@ def timestamp(now: float | None = None) -> str:
     sec = int(now)
     cached = _ts_cache
     if cached[0] != sec:
-        cached = _ts_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{int((now - sec) * 1_000_000):06d}Z"
+        cached = _ts_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
+    # %-formatting: ~0.1 µs less than the f-string with int(); %d truncates as int() does.
+    return "%s%06dZ" % (cached[1], (now - sec) * 1_000_000)  # noqa: UP031
 
 
 def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:

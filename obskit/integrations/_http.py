@@ -157,11 +157,15 @@ def _record(rec: tuple[Any, ...]) -> str | None:
     if trace_int:
         trace_id = format(trace_int, "032x")
         span_id = format(span_int, "016x")
-    observe_traced(st.duration.labels(method, route, status), duration,
-                   trace_id if sampled else None)
+    child = st.duration.labels(method, route, status)
+    if sampled:
+        observe_traced(child, duration, trace_id)
+    else:
+        child.observe(duration)
     fields: dict[str, Any] = {"event": f"{method} {path} {status}",
                               "method": method, "route": route, "path": path,
-                              "status_code": status, "duration_ms": round(duration * 1000, 3)}
+                              "status_code": status,
+                              "duration_ms": int(duration * 1_000_000 + 0.5) / 1000}
     if client:
         fields["client"] = client
     if request_id is not None:
@@ -169,7 +173,8 @@ def _record(rec: tuple[Any, ...]) -> str | None:
     if trace_id is not None:
         fields["trace_id"] = trace_id
         fields["span_id"] = span_id
-    add_request_fields(fields, request, order)
+    if order is not None or len(request) > ("request_id" in request):  # more than the id
+        add_request_fields(fields, request, order)
     level = "error" if status >= 500 else "info"
     if trace_id is None or not _logging.exporting():
         return _logging.render(ACCESS_LOGGER, level, fields, at)
