@@ -22,7 +22,7 @@ from opentelemetry import context as _api
 from opentelemetry import trace as _trace
 from opentelemetry.context import Context
 
-__all__ = ["attach", "current", "detach", "with_span"]
+__all__ = ["attach", "current", "detach", "span_of", "with_span"]
 
 try:  # private API: the context key of the current span
     from opentelemetry.trace.propagation import _SPAN_KEY
