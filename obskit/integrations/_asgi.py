@@ -188,10 +188,13 @@ class ObskitASGIMiddleware:
             finally:
                 try:
                     _reset_request(request_token)
-                    if token is not None:
-                        _detach(token)
                 except Exception as exc:  # pragma: no cover - a token of another context
                     internal_error("asgi.detach", exc)
+                if token is not None:
+                    try:
+                        _detach(token)
+                    except Exception as exc:  # pragma: no cover - as above
+                        internal_error("asgi.detach", exc)
                 if active is not None:
                     active.inc(-1)
 
