@@ -37,7 +37,7 @@ callgrind with its cache simulation, serves 400 requests to warm up and then N m
 keep-alive connections), and the table gives per request the instructions, the simulated L1 and
 last-level cache misses and KCachegrind's cycle estimate (Ir + 10 x L1 misses + 100 x LL
 misses; no branch simulation). The same tree gives the same figures whatever else the machine
-runs, so a change of 1 % shows; it is a model, though (real ratios here have been 0.05-0.08
+runs, so a change of 1 % shows; it is a model, though (real ratios here have been 0.05-0.10
 lower), and under valgrind a batch of access lines holds ~10 requests instead of up to 256.
 Needs ``valgrind`` (Debian package); ~1 minute per variant, two at a time.
 """

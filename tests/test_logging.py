@@ -204,6 +204,31 @@ def test_a_forked_child_does_not_repeat_the_parents_queued_lines(tmp_path):
     assert events[0] == "before fork"
 
 
+def test_a_forked_child_starts_its_own_flusher(tmp_path):
+    """The writer knows its process by a fork hook, not by asking getpid() per line: a child's
+    lines are written by a flusher thread of its own, with no explicit flush."""
+    import os
+    import time
+
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        obskit.init("svc", log_stream=stream, log_format="json", spans_file="off",
+                    disabled_instrumentations="all")
+        obskit.get_logger("x").info("parent")  # the parent's flusher runs
+        obskit.get_handle().force_flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                obskit.get_logger("x").info("child, flushed by its own thread")
+                time.sleep(1.0)  # ten flush intervals
+            finally:
+                os._exit(0)  # no atexit hooks, no flush
+        os.waitpid(pid, 0)
+        obskit.shutdown()
+    events = [ln["event"] for ln in _json_lines(path)]
+    assert events == ["parent", "child, flushed by its own thread"]
+
+
 def test_a_closed_writer_writes_at_once_instead_of_queueing(tmp_path):
     from obskit._logging import _Writer
 
