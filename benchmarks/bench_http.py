@@ -38,7 +38,8 @@ keep-alive connections), and the table gives per request the instructions, the s
 last-level cache misses and KCachegrind's cycle estimate (Ir + 10 x L1 misses + 100 x LL
 misses; no branch simulation). The same tree gives the same figures whatever else the machine
 runs, so a change of 1 % shows; it is a model, though (real ratios here have been 0.05-0.10
-lower), and under valgrind a batch of access lines holds ~10 requests instead of up to 256.
+lower), and under valgrind (~50x slower) the 0.1 s flusher writes the access lines in much
+smaller batches than the up to 256 of a real server.
 Needs ``valgrind`` (Debian package); ~1 minute per variant, two at a time.
 """
 
