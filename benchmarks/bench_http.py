@@ -196,15 +196,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _variant_env(variant: str, before: str | None) -> tuple[str, dict[str, str] | None]:
+    """The variant to serve and its environment (None: this one's)."""
+    if not variant.startswith(BEFORE):
+        return variant, None
+    # The older tree's obskit first on the path (ahead of the editable install); the server
+    # script is this one, so both sides serve the same app.
+    return variant[len(BEFORE):], {**os.environ, "PYTHONPATH": os.path.abspath(before or ".")}
+
+
+def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def measure(variant: str, duration: float, connections: int, threads: int,
             warmup: float, server: str, before: str | None = None) -> dict[str, float]:
     port = _free_port()
-    env = None
-    if variant.startswith(BEFORE):
-        # The older tree's obskit first on the path (ahead of the editable install); the
-        # server script is this one, so both sides serve the same app.
-        variant = variant[len(BEFORE):]
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(before or ".")}
+    variant, env = _variant_env(variant, before)
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
@@ -221,12 +234,7 @@ def measure(variant: str, duration: float, connections: int, threads: int,
         res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(1, res["requests"]) * 1e6
         return res
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, 10)
 
 
 # --- --callgrind: instructions and simulated cache misses per request --------------------------
@@ -273,11 +281,7 @@ def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str
     import asyncio
     import tempfile
 
-    env = dict(os.environ)
-    name = variant
-    if variant.startswith(BEFORE):
-        name = variant[len(BEFORE):]
-        env["PYTHONPATH"] = os.path.abspath(before or ".")
+    name, env = _variant_env(variant, before)
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         proc = subprocess.Popen(
@@ -294,12 +298,7 @@ def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str
             subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
                            capture_output=True)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc, 120)
         totals = _callgrind_totals(f"{tmp}/cg.{proc.pid}.1")  # the dump after --zero
     served = n // CG_CONNECTIONS * CG_CONNECTIONS
     per = {k: v / served for k, v in totals.items()}

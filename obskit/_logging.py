@@ -163,13 +163,6 @@ class _Writer:
         returns. Where lines are written at once (terminal, capture stream, closed writer), at
         once.
         """
-        stream = self._stream or sys.stdout
-        if stream is self._checked and not self._immediate and not self._closed:
-            pending = self._pending  # batched, as decided before: _queue() inline
-            pending.append(record)
-            if self._flusher_pid != _pid or len(pending) >= self.MAX_PENDING:
-                self._queued()
-            return
         if self._at_once() is not None:
             line = _run(record)
             if line is not None:
@@ -178,13 +171,11 @@ class _Writer:
         self._queue(record)
 
     def _queue(self, item: Any) -> None:
-        self._pending.append(item)
-        self._queued()
-
-    def _queued(self) -> None:
+        pending = self._pending
+        pending.append(item)
         if self._flusher_pid != _pid:  # first line, or first line after a fork
             self._start_flusher()
-        if len(self._pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
+        if len(pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
             self.flush()
 
     # structlog calls these on the "logger" it got from the factory.

@@ -19,7 +19,6 @@ paths of the ``Mount``s above it) and cached by identity.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from random import getrandbits as _getrandbits
 from time import perf_counter
 from typing import Any
 
@@ -133,14 +132,10 @@ class ObskitASGIMiddleware:
                 if k in _WANTED:
                     headers[k] = v
             if st.request_id:
-                incoming = headers.get(_REQUEST_ID)
-                rid = (f"{_getrandbits(128):032x}" if incoming is None
-                       else _http.request_id(incoming))  # the common case inline
+                rid = _http.request_id(headers.get(_REQUEST_ID))
                 request["request_id"] = rid
                 rid_header = rid.encode("latin-1")
-            active = st.active_values.get(method)
-            if active is None:
-                active = st.active_for(method)
+            active = st.active_for(method)
             active.inc(1)
             tracer = st.tracer
             if tracer is not None:
@@ -234,12 +229,7 @@ class ObskitASGIMiddleware:
             # FastAPI's router sets "route" only for its own APIRoutes; a plain Starlette Route
             # (app.add_route("/metrics", ...)) leaves its endpoint, which names the route too.
             route_obj = scope.get("endpoint")
-        if route_obj is None:
-            route = _UNMATCHED
-        else:
-            entry = self._templates.get(id(route_obj))
-            route = entry[1] if entry is not None and entry[0] is route_obj else (
-                self._template(route_obj))
+        route = _UNMATCHED if route_obj is None else self._template(route_obj)
         method = scope["method"]
         if method not in _KNOWN_METHODS:
             method = "_OTHER"
