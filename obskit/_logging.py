@@ -92,6 +92,29 @@ def _run(record: tuple[Any, ...]) -> str | None:
         return None
 
 
+#: Run after the deferred records of a batch (``after_batch``), before anyone reads what they
+#: left (a scrape writes the pending batch first).
+_batch_hooks: list[Callable[[], None]] = []
+
+
+def after_batch(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` after each batch of deferred records has run (once per record where
+    records run at once), serialised with them: deferred work can sum what its records leave
+    (``metrics.Sums``) and apply it in one go."""
+    if hook not in _batch_hooks:
+        _batch_hooks.append(hook)
+
+
+def _end_batch() -> None:
+    for hook in _batch_hooks:
+        try:
+            hook()
+        except Exception as exc:
+            from obskit._internal import internal_error
+
+            internal_error("logs.after_batch", exc)
+
+
 class _Writer:
     """Writes rendered lines to a text stream (default: the current ``sys.stdout``).
 
@@ -164,9 +187,11 @@ class _Writer:
         once.
         """
         if self._at_once() is not None:
-            line = _run(record)
-            if line is not None:
-                self.write(line)
+            with self._lock:  # serialised with the batches and with other threads' records
+                line = _run(record)
+                _end_batch()
+                if line is not None:
+                    self.write(line)
             return
         self._queue(record)
 
@@ -191,13 +216,17 @@ class _Writer:
             return
         popleft = pending.popleft
         lines = []
+        deferred = False
         for _ in range(len(pending)):  # others may append meanwhile: they wait for the next batch
             item = popleft()
             if item.__class__ is not str:
+                deferred = True
                 item = _run(item)
                 if item is None:
                     continue
             lines.append(item)
+        if deferred:
+            _end_batch()
         if lines:
             stream.write("\n".join(lines) + "\n")
             stream.flush()
@@ -300,6 +329,7 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 # structlog dispatch, no scrubbing of obskit's own values. Set by configure().
 _fast_render: Callable[[str, str, dict[str, Any], float | None], str | None] | None = None
 _writer: _Writer | None = None
+_no_writer_lock = threading.Lock()  # deferred records before init(): one at a time
 _exporting = False
 
 
@@ -335,7 +365,9 @@ def defer(record: tuple[Any, ...]) -> None:
     """
     writer = _writer
     if writer is None:
-        _run(record)
+        with _no_writer_lock:
+            _run(record)
+            _end_batch()
         return
     writer.defer(record)
 

@@ -70,4 +70,6 @@ def span_of(context: Context) -> Any:
         span = _trace.get_current_span(context)
         return None if span is _trace.INVALID_SPAN else span
     span = context.get(_SPAN_KEY)
+    if span is None:  # the usual case of a request without a caller's trace: no ABC check
+        return None
     return span if isinstance(span, _trace.Span) else None

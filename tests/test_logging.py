@@ -305,3 +305,60 @@ def test_deferred_work_from_threads_runs_once_each_in_order_past_the_inline_thre
     assert len(lines) == 4000
     for n in range(4):
         assert [int(x.split(":")[1]) for x in lines if x.startswith(f"{n}:")] == list(range(1000))
+
+
+def test_batch_hooks_run_after_each_batch_and_serialised_with_records_written_at_once(
+        tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from obskit import _logging
+    from obskit._logging import _Writer
+
+    monkeypatch.setattr(_Writer, "FLUSH_INTERVAL", 60.0)
+    monkeypatch.setattr(_logging, "_batch_hooks", [])
+    state = {"open": [], "applied": 0, "batches": 0}
+
+    def add(record):  # a request's deferred bookkeeping adds to what the hook applies (Sums)
+        sums = state["open"]
+        time.sleep(1e-6)  # another thread runs here: a hook running now would lose this record
+        sums.append(1)
+        return None
+
+    def apply():
+        sums, state["open"] = state["open"], []
+        state["applied"] += len(sums)
+        state["batches"] += 1
+
+    _logging.after_batch(apply)
+    _logging.after_batch(apply)  # registered once
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        writer = _Writer(stream)
+        for _ in range(10):
+            writer.defer((add,))
+        writer.write("a plain line")
+        assert (state["applied"], state["batches"]) == (0, 0)
+        writer.flush()
+        assert (state["applied"], state["batches"]) == (10, 1)
+        writer.write("lines only")
+        writer.flush()
+        assert state["batches"] == 1  # a batch without deferred records runs no hooks
+        writer.close()
+
+    # Not a file: each record runs at once in its caller's thread, the hooks right after it,
+    # and no other thread's hook may run in between.
+    writer = _Writer(io.StringIO())
+    start = threading.Barrier(4)
+
+    def worker():
+        start.wait()
+        for _ in range(200):
+            writer.defer((add,))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["applied"] == 10 + 800 and state["open"] == []

@@ -1,4 +1,5 @@
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -111,3 +112,59 @@ def test_catalogue_matches_docs(repo_root):
     assert declared == documented, (declared - documented, documented - declared)
     for name in declared:  # Prometheus naming: base units and suffixes
         assert not re.search(r"_(ms|milliseconds|count)$", name), name
+
+
+def test_sums_apply_exactly_what_observing_one_by_one_gives():
+    from obskit.metrics import Sums
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 7.0, 1e9, 0.005]  # bounds themselves too
+    one_by_one, summed = CollectorRegistry(), CollectorRegistry()
+    direct = Catalogue(one_by_one)
+    batched = Catalogue(summed)
+    sums = Sums()
+    for v in values:
+        direct.db_duration.labels("postgresql", "SELECT").observe(v)
+        sums.observe(batched.db_duration.labels("postgresql", "SELECT"), v)
+    direct.http_server_active.labels("GET").inc(3)
+    direct.http_server_active.labels("GET").dec(1)
+    direct.http_server_active.labels("POST")
+    sums.move(batched.http_server_active.labels("GET"), 3)
+    sums.move(batched.http_server_active.labels("GET"), -1)
+    sums.move(batched.http_server_active.labels("POST"), 0)
+
+    def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(om_latest(reg).decode())
+                for s in f.samples if not s.name.endswith("_created")}
+
+    before = samples(summed)
+    assert before[("db_client_operation_duration_seconds_count",
+                   (("db_system", "postgresql"), ("operation", "SELECT")))] == 0
+    sums.apply()
+    assert samples(summed) == samples(one_by_one)
+    sums.apply()  # applied once: nothing left to add
+    assert samples(summed) == samples(one_by_one)
+
+
+def test_sums_observe_what_has_no_bucket_at_once():
+    from prometheus_client import Histogram
+
+    from obskit.metrics import Sums
+
+    reg = CollectorRegistry()
+    h = Histogram("h_seconds", "h", registry=reg)
+    sums = Sums()
+    sums.observe(h, float("nan"))  # NaN is in no bucket: observed as prometheus-client does
+    assert reg.get_sample_value("h_seconds_count") == 0  # the +Inf bucket never takes NaN
+
+    class Plain:  # not a prometheus-client histogram child
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    plain = Plain()
+    sums.observe(plain, 0.25)
+    assert plain.seen == [0.25]
+    sums.apply()

@@ -159,10 +159,13 @@ class ObskitASGIMiddleware:
                 status_code = message["status"]
                 if rid_header is not None or timing:
                     try:
-                        extra = [] if rid_header is None else [(_REQUEST_ID, rid_header)]
+                        response_headers = list(message.get("headers", ()))
+                        if rid_header is not None:
+                            response_headers.append((_REQUEST_ID, rid_header))
                         if timing:
-                            extra.append((_SERVER_TIMING, _http.server_timing(start).encode()))
-                        message["headers"] = [*message.get("headers", ()), *extra]
+                            response_headers.append(
+                                (_SERVER_TIMING, _http.server_timing(start).encode()))
+                        message["headers"] = response_headers
                     except Exception as exc:
                         internal_error("asgi.response_headers", exc)
             return send(message)

@@ -7,6 +7,7 @@ becomes a pass-through after ``shutdown()`` and picks up a new ``init()``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from random import getrandbits as _getrandbits
 from time import perf_counter
@@ -24,7 +25,7 @@ from opentelemetry.trace import set_span_in_context as _set_span_in_context
 from obskit import _logging
 from obskit._context import current_order
 from obskit._fastspan import FastTracer
-from obskit.metrics import observe_traced
+from obskit.metrics import Sums, observe_exemplar
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -86,7 +87,7 @@ def request_id(incoming: bytes | None) -> str:
             value = ""
         if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
             return value
-    return f"{_getrandbits(128):032x}"
+    return "%032x" % _getrandbits(128)  # noqa: UP031 - ~50 ns less than an f-string
 
 
 SERVER_TIMING = "server-timing"
@@ -148,20 +149,27 @@ def finish(st: ServerState, active: Any, method: str, route: str, status: int, d
                     sampled, path, client, request_id, request, order, _time()))
 
 
+#: The RED metrics of the requests in the log writer's current batch, applied at its end: one
+#: locked ``inc`` per touched bucket instead of three per request (``metrics.Sums``).
+_sums = Sums()
+_logging.after_batch(_sums.apply)
+if hasattr(os, "register_at_fork"):  # a batch interrupted by fork() is the parent's
+    os.register_at_fork(after_in_child=_sums.clear)
+
+
 def _record(rec: tuple[Any, ...]) -> str | None:
     (_, st, active, method, route, status, duration, trace_int, span_int, flags, sampled, path,
      client, request_id, request, order, at) = rec
     if active is not None:  # what counted the request in http_server_active_requests
-        active.inc(-1)
+        _sums.move(active, -1)
     trace_id = span_id = None
     if trace_int:
-        trace_id = format(trace_int, "032x")
-        span_id = format(span_int, "016x")
+        # %-formatting: ~50 ns less per id than format(); the same 32 and 16 hex digits.
+        trace_id = "%032x" % trace_int  # noqa: UP031
+        span_id = "%016x" % span_int  # noqa: UP031
     child = st.duration.labels(method, route, status)
-    if sampled:
-        observe_traced(child, duration, trace_id)
-    else:
-        child.observe(duration)
+    if not sampled or trace_id is None or not observe_exemplar(child, duration, trace_id):
+        _sums.observe(child, duration)
     fields: dict[str, Any] = {"event": f"{method} {path} {status}",
                               "method": method, "route": route, "path": path,
                               "status_code": status,
@@ -176,7 +184,7 @@ def _record(rec: tuple[Any, ...]) -> str | None:
     if order is not None or len(request) > ("request_id" in request):  # more than the id
         add_request_fields(fields, request, order)
     level = "error" if status >= 500 else "info"
-    if trace_id is None or not _logging.exporting():
+    if trace_id is None or not _logging._exporting:
         return _logging.render(ACCESS_LOGGER, level, fields, at)
     # The OTLP log record takes its trace ids from the current context: the request's.
     sc = _SpanContext(trace_int, span_int, False, _TraceFlags(flags))
