@@ -145,8 +145,12 @@ def finish(st: ServerState, active: Any, method: str, route: str, status: int, d
                 ids, span, flags = span_context[0], span_context[1], span_context[3]
         elif span_context.is_valid:  # pragma: no cover - another API version
             ids, span, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
+    # The request's dict only when the handler added to it (order, fields): the usual one holds
+    # just the request id, which travels alone (one object less waiting for the batch).
     _logging.defer((_record, st, active, method, route, status, duration, ids, span, flags,
-                    sampled, path, client, request_id, request, order, _time()))
+                    sampled, path, client, request_id,
+                    request if len(request) > ("request_id" in request) else None, order,
+                    _time()))
 
 
 #: The RED metrics of the requests in the log writer's current batch, applied at its end: one
@@ -181,8 +185,8 @@ def _record(rec: tuple[Any, ...]) -> str | None:
     if trace_id is not None:
         fields["trace_id"] = trace_id
         fields["span_id"] = span_id
-    if order is not None or len(request) > ("request_id" in request):  # more than the id
-        add_request_fields(fields, request, order)
+    if request is not None or order is not None:
+        add_request_fields(fields, request or {}, order)
     level = "error" if status >= 500 else "info"
     if trace_id is None or not _logging._exporting:
         return _logging.render(ACCESS_LOGGER, level, fields, at)
