@@ -22,6 +22,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from obskit._internal import internal_error
 from obskit.integrations import _db
 
+# Enum members read once: each read is ~60 ns on Python 3.11.
+_CLIENT = SpanKind.CLIENT
+
 if TYPE_CHECKING:
     from obskit._init import Handle
 
@@ -52,7 +55,7 @@ def _before(conn: Any, cursor: Any, statement: str, parameters: Any, context: An
         op = _db.operation(statement)
         span = None
         if _tracer is not None:
-            span = _tracer.start_span(op, kind=SpanKind.CLIENT)
+            span = _tracer.start_span(op, kind=_CLIENT)
             if span.is_recording():
                 span.set_attributes({
                     "db.system.name": _SYSTEMS.get(dialect.name, dialect.name),

@@ -54,6 +54,9 @@ from ._telemetry import (
 from ._topology import QueueSpec
 from .errors import MessageParseError, PermanentError, PublishError, RetryableError
 
+# Enum members read once: each read is ~60 ns on Python 3.11.
+_CONSUMER = SpanKind.CONSUMER
+
 __all__ = ["Consumer", "Delivery", "Handler", "json_body"]
 
 _MAX_ERROR_MESSAGE = 1000
@@ -334,7 +337,7 @@ class Consumer:
                     order_id, order_channel = current_order(ctx)
                 except Exception as exc:
                     report(exc)
-                span = tm.start_span(self._span_name, SpanKind.CONSUMER,
+                span = tm.start_span(self._span_name, _CONSUMER,
                                      lambda: _process_attributes(message, spec.name, mid,
                                                                  attempt, order_id),
                                      ctx, links)

@@ -48,6 +48,9 @@ from .errors import (
     UnroutableError,
 )
 
+# Enum members read once: each read is ~60 ns on Python 3.11.
+_PRODUCER = SpanKind.PRODUCER
+
 __all__ = ["Publisher"]
 
 # Failures after which the broker may or may not have the message: retry (same message id).
@@ -224,7 +227,7 @@ class Publisher:
         started = time.perf_counter()
         dest = exchange or "amq.default"
         # Names and values match obskit.integrations.aio_pika, so both look alike in Tempo.
-        span = tm.start_span(f"{dest} publish", SpanKind.PRODUCER, lambda: {
+        span = tm.start_span(f"{dest} publish", _PRODUCER, lambda: {
             ATTR_SYSTEM: SYSTEM, ATTR_DESTINATION: dest,
             ATTR_OPERATION_TYPE: "publish", ATTR_OPERATION_NAME: "publish",
             ATTR_MESSAGE_ID: mid, ATTR_ROUTING_KEY: routing_key,
