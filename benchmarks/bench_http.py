@@ -37,7 +37,7 @@ callgrind with its cache simulation, serves 400 requests to warm up and then N m
 keep-alive connections), and the table gives per request the instructions, the simulated L1 and
 last-level cache misses and KCachegrind's cycle estimate (Ir + 10 x L1 misses + 100 x LL
 misses; no branch simulation). The same tree gives the same figures whatever else the machine
-runs, so a change of 1 % shows; it is a model, though (real ratios here have been 0.05-0.10
+runs, so a change of 1 % shows; it is a model, though (real ratios here have been 0.02-0.10
 lower), and under valgrind (~50x slower) the 0.1 s flusher writes the access lines in much
 smaller batches than the up to 256 of a real server.
 Needs ``valgrind`` (Debian package); ~1 minute per variant, two at a time.
