@@ -170,8 +170,9 @@ class Sums:
                 child.observe(value)
                 return
             entry = self._histograms[child] = [0.0, [0] * len(bounds), bounds]
-        i = bisect_left(entry[2], value)  # the first bucket whose bound is >= value
-        if i == len(entry[1]):  # beyond +Inf: NaN
+        bounds = entry[2]
+        i = bisect_left(bounds, value)  # the first bucket whose bound is >= value
+        if i == len(bounds) or not value <= bounds[i]:  # NaN: in no bucket, as prometheus-client
             child.observe(value)
             return
         entry[0] += value

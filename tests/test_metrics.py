@@ -1,3 +1,4 @@
+import math
 import re
 from typing import Any
 
@@ -151,11 +152,19 @@ def test_sums_observe_what_has_no_bucket_at_once():
 
     from obskit.metrics import Sums
 
-    reg = CollectorRegistry()
+    reg, direct = CollectorRegistry(), CollectorRegistry()
     h = Histogram("h_seconds", "h", registry=reg)
+    Histogram("h_seconds", "h", registry=direct).observe(float("nan"))
     sums = Sums()
     sums.observe(h, float("nan"))  # NaN is in no bucket: observed as prometheus-client does
-    assert reg.get_sample_value("h_seconds_count") == 0  # the +Inf bucket never takes NaN
+    sums.observe(h, 0.2)
+    sums.apply()
+    assert reg.get_sample_value("h_seconds_count") == 1  # the +Inf bucket never takes NaN
+    assert reg.get_sample_value("h_seconds_bucket", {"le": "0.25"}) == 1
+    assert reg.get_sample_value("h_seconds_bucket", {"le": "0.005"}) == 0
+    assert math.isnan(reg.get_sample_value("h_seconds_sum"))
+    assert direct.get_sample_value("h_seconds_count") == 0
+    assert math.isnan(direct.get_sample_value("h_seconds_sum"))
 
     class Plain:  # not a prometheus-client histogram child
         def __init__(self) -> None:
