@@ -18,7 +18,7 @@ PostgreSQL, RabbitMQ and Redis, on a database, vhost and key prefix of its own
 
 The dashboard readers use aiohttp (``pip install -e 'examples/orderflow[bench]'``): httpx costs
 ~1.8 ms of client CPU per request on our machines, more than a cached endpoint itself, so it
-would measure the client. Orders are still posted with httpx.
+would measure the client. Orders are posted with httpx, from a process of their own (``--flow``).
 
 Not a test: nothing asserts, the figures go to docs/performance-orderflow.md.
 """
@@ -431,20 +431,11 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
     for i in range(2):
         fleet.start(f"mesd-{i}", "mes", "--concurrency", str(args.concurrency))
     await wait_consumers(2)
-    stop = asyncio.Event()
-    sent = 0
-
-    async def flow() -> None:  # orders keep arriving while the readers read
-        nonlocal sent
-        async with httpx.AsyncClient(base_url=targets[0][1], timeout=30) as c:
-            next_at = time.monotonic()
-            while not stop.is_set():
-                await c.post("/api/v1/shop/orders", json=BODY)
-                sent += 1
-                next_at += 1 / args.rate
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-
-    flower = asyncio.create_task(flow())
+    # Orders come from a process of their own, as the shop's customers do: posting them from
+    # the readers' event loop (httpx, ~1.8 ms of CPU each) delayed the readers' own requests.
+    flower = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--flow", targets[0][1],
+         "--rate", str(args.rate)], stdout=subprocess.PIPE, text=True)
     try:
         await asyncio.sleep(2)  # orders in every stage before measuring
         out["open_loop"] = await interleaved(
@@ -461,9 +452,9 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
             f"flowing (CPU queueing in one ingress on {os.cpu_count()} shared cores):")
         _table(say, out["closed_loop"], pairs)
     finally:
-        stop.set()
-        await flower
-    out["orders_sent_during_reads"] = sent
+        flower.terminate()
+        sent_text, _ = flower.communicate(timeout=60)
+    out["orders_sent_during_reads"] = int(sent_text.strip() or 0)
     out["speedup"] = {model: {title: _ratios(out[model], cached, uncached)
                               for title, cached, uncached in pairs}
                       for model in ("quiet_one_reader", "open_loop", "closed_loop")}
@@ -539,6 +530,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def flow(base: str, rate: float) -> None:
+    """``--flow BASE``: post shop orders to ``BASE`` at ``rate``/s until SIGTERM, then print how
+    many were sent (the dashboard part runs this in a process of its own)."""
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    sent = 0
+    with httpx.Client(base_url=base, timeout=30) as c:
+        next_at = time.monotonic()
+        while not stopping:
+            c.post("/api/v1/shop/orders", json=BODY)
+            sent += 1
+            next_at += 1 / rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    print(sent, flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--orders", type=int, default=200, help="orders per scaling burst")
@@ -561,7 +573,11 @@ def main() -> int:
                    help="only the dashboard part (~2 min)")
     p.add_argument("--skip-dashboard", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--flow", metavar="BASE", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.flow:
+        flow(args.flow, args.rate)
+        return 0
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result))
