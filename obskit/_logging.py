@@ -330,6 +330,8 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 _fast_render: Callable[[str, str, dict[str, Any], float | None], str | None] | None = None
 _writer: _Writer | None = None
 _no_writer_lock = threading.Lock()  # deferred records before init(): one at a time
+# Whether rendered lines are also exported as OTel log records: they read the current OTel
+# context for their trace ids, so deferred work must attach the request's (read per record).
 _exporting = False
 
 
@@ -370,12 +372,6 @@ def defer(record: tuple[Any, ...]) -> None:
             _end_batch()
         return
     writer.defer(record)
-
-
-def exporting() -> bool:
-    """Whether rendered lines are also exported as OTel log records (they read the current
-    OTel context for their trace ids: deferred work must attach the request's)."""
-    return _exporting
 
 
 def flush() -> None:

@@ -106,19 +106,21 @@ def caller_order(request: dict[str, Any], baggage: bool) -> tuple[str | None, st
     return current_order()
 
 
-def add_request_fields(fields: dict[str, Any], request: dict[str, Any],
+def add_request_fields(fields: dict[str, Any], request: dict[str, Any] | None,
                        order: tuple[str | None, str | None] | None) -> None:
-    """Copy what the handler put on the request (order id, channel, app fields) onto the line;
-    ``order`` (``caller_order()``) when the handler set no order itself."""
-    order_id = request.get("order_id")
-    channel = request.get("channel")
+    """Copy what the handler put on the request (order id, channel, app fields; None: nothing)
+    onto the line; ``order`` (``caller_order()``) when the handler set no order itself."""
+    order_id = channel = extra = None
+    if request is not None:
+        order_id = request.get("order_id")
+        channel = request.get("channel")
+        extra = request.get("extra")
     if order_id is None and order is not None:
         order_id, channel = order
     if order_id is not None:
         fields["order_id"] = order_id
         if channel is not None:
             fields["channel"] = channel
-    extra = request.get("extra")
     if extra:
         for k, v in extra.items():
             fields.setdefault(k, v)
@@ -186,7 +188,7 @@ def _record(rec: tuple[Any, ...]) -> str | None:
         fields["trace_id"] = trace_id
         fields["span_id"] = span_id
     if request is not None or order is not None:
-        add_request_fields(fields, request or {}, order)
+        add_request_fields(fields, request, order)
     level = "error" if status >= 500 else "info"
     if trace_id is None or not _logging._exporting:
         return _logging.render(ACCESS_LOGGER, level, fields, at)
