@@ -1,6 +1,17 @@
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+import json
 
-from obskit._tracing import set_attributes_fast
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
+
+from obskit import _config as config
+from obskit._tracing import (
+    JsonLinesSpanExporter,
+    build_resource,
+    renew_instance_id,
+    set_attributes_fast,
+)
 
 
 def test_fast_attributes_land_on_the_span():
@@ -25,3 +36,48 @@ def test_limits_take_the_validating_path():
     assert dict(fast.attributes) == dict(sdk.attributes)
     assert all(len(v) <= 3 for v in fast.attributes.values())
     assert fast.dropped_attributes == sdk.dropped_attributes == 1
+
+
+def test_jsonl_lines_decode_to_what_the_sdk_to_json_gives(tmp_path):
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc", "ü": "ö"}))
+    tracer = provider.get_tracer("t")
+    parent = tracer.start_span("parent", kind=SpanKind.SERVER,
+                               attributes={"tags": ("a", "b"), "n": 3, "ok": True, "x": 1.5})
+    link = Link(parent.get_span_context(), {"why": "batch"})
+    child = tracer.start_span("kind\u00e9", context=set_span_in_context(parent),
+                              kind=SpanKind.CONSUMER, links=[link])
+    child.add_event("retry", {"attempt": 2})
+    child.set_status(Status(StatusCode.ERROR, "broker gone"))
+    child.end()
+    parent.end()
+    unfinished = tracer.start_span("open")  # no end time yet
+    path = tmp_path / "spans.jsonl"
+    exporter = JsonLinesSpanExporter(str(path))
+    assert exporter.export([child, parent, unfinished]) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        json.loads(s.to_json()) for s in (child, parent, unfinished)]
+
+
+def test_jsonl_line_of_a_forked_worker_carries_its_new_instance_id(tmp_path):
+    resource = build_resource(config.resolve({"service_name": "svc"}))
+    span = TracerProvider(resource=resource).get_tracer("t").start_span("s")
+    span.end()
+    exporter = JsonLinesSpanExporter(str(tmp_path / "spans.jsonl"))
+    before = json.loads(exporter.encode(span))["resource"]["attributes"]["service.instance.id"]
+    new_id = renew_instance_id([resource])
+    after = json.loads(exporter.encode(span))["resource"]["attributes"]["service.instance.id"]
+    assert before != after == new_id
+
+
+def test_a_value_json_cannot_encode_does_not_lose_the_batch(tmp_path):
+    tracer = TracerProvider().get_tracer("t")
+    odd, fine = tracer.start_span("odd"), tracer.start_span("fine")
+    set_attributes_fast(odd, {"payload": b"\x00\x01"})  # trusted path: no type check
+    odd.end()
+    fine.end()
+    path = tmp_path / "spans.jsonl"
+    assert JsonLinesSpanExporter(str(path)).export([odd, fine]) == SpanExportResult.SUCCESS
+    first, second = map(json.loads, path.read_text().splitlines())
+    assert first["attributes"]["payload"] == str(b"\x00\x01") and second["name"] == "fine"
