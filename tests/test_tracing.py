@@ -1,13 +1,16 @@
 import json
+import random
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util import ns_to_iso_str
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
 from obskit import _config as config
 from obskit._tracing import (
     JsonLinesSpanExporter,
+    _iso,
     build_resource,
     renew_instance_id,
     set_attributes_fast,
@@ -81,3 +84,12 @@ def test_a_value_json_cannot_encode_does_not_lose_the_batch(tmp_path):
     assert JsonLinesSpanExporter(str(path)).export([odd, fine]) == SpanExportResult.SUCCESS
     first, second = map(json.loads, path.read_text().splitlines())
     assert first["attributes"]["payload"] == str(b"\x00\x01") and second["name"] == "fine"
+
+
+def test_span_times_are_formatted_as_the_sdk_formats_them():
+    rng = random.Random(5)
+    now = 1_764_150_000_123_456_789
+    values = [now + rng.randrange(-10**15, 10**15) for _ in range(20_000)]
+    values += [now + k for k in range(0, 200_000, 7)]  # across microsecond rounding edges
+    values += [1_700_000_000_999_999_500 + k for k in range(1_000)]  # rounds up a second
+    assert [_iso(v) for v in values] == [ns_to_iso_str(v) for v in values]
