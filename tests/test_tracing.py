@@ -12,6 +12,7 @@ from obskit._tracing import (
     JsonLinesSpanExporter,
     _iso,
     build_resource,
+    encode_in_steps,
     renew_instance_id,
     set_attributes_fast,
 )
@@ -93,3 +94,21 @@ def test_span_times_are_formatted_as_the_sdk_formats_them():
     values += [now + k for k in range(0, 200_000, 7)]  # across microsecond rounding edges
     values += [1_700_000_000_999_999_500 + k for k in range(1_000)]  # rounds up a second
     assert [_iso(v) for v in values] == [ns_to_iso_str(v) for v in values]
+
+
+def test_otlp_batches_encoded_in_steps_equal_one_encoding():
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    providers = [TracerProvider(resource=Resource.create({"service.name": name}))
+                 for name in ("crm", "mes", "dashboard")]
+    tracers = [p.get_tracer(scope) for p in providers for scope in ("http", "amqp")]
+    spans = []
+    for i in range(150):  # interleaved; a scope and then a resource appear only late
+        tracer = tracers[i % 3] if i < 100 else tracers[3 - i % 2] if i < 140 else tracers[4]
+        span = tracer.start_span(f"s{i}", attributes={"i": i})
+        span.end()
+        spans.append(span)
+    stepped = encode_in_steps(spans)
+    assert stepped == encode_spans(spans)
+    assert len(stepped.resource_spans) == 3
+    assert encode_in_steps(spans[:3]) == encode_spans(spans[:3])

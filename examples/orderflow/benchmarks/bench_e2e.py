@@ -213,6 +213,21 @@ async def post_orders(client: httpx.AsyncClient, n: int, parallel: int = 16) -> 
     return ids
 
 
+def cpu_probe() -> float:
+    """Milliseconds for a fixed pure-Python workload (best of 5): the machine's speed now.
+
+    Our 2 vCPUs are shared with other machines' work: the same code ran 2x slower at one moment
+    than minutes later (93 vs 48 ms here), so figures of different runs compare only with this
+    probe beside them. Ratios within one run are measured in interleaved windows instead.
+    """
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -493,7 +508,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                    "flow_rate": args.rate, "readers": args.readers,
                    "read_rate": args.read_rate, "rounds": args.rounds,
                    "window_s": args.window, "before": args.before, "cpus": os.cpu_count(),
-                   "load_average": os.getloadavg(), "log_level": args.log_level,
+                   "load_average": os.getloadavg(), "cpu_probe_ms": cpu_probe(),
+                   "log_level": args.log_level,
                    "logs": str(logdir)}}
     try:
         fleet.start("api", "api", "--port", str(port))
@@ -526,6 +542,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["config"]["load_average_after"] = os.getloadavg()
     finally:
         fleet.stop_all()
+    result["config"]["cpu_probe_ms_after"] = cpu_probe()  # the fleet stopped: the machine alone
+    say(f"  CPU probe: {result['config']['cpu_probe_ms']} ms at the start, "
+        f"{result['config']['cpu_probe_ms_after']} ms at the end (a fixed pure-Python workload: "
+        "the shared machine's speed; compare runs only at similar values)")
     say(f"  process logs: {logdir}")
     return result
 
