@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -273,47 +273,57 @@ def _iso(ns: int) -> str:
     return f"{cached[1]}.{us:06d}Z"
 
 
-def encode_in_steps(spans: Sequence[ReadableSpan]) -> Any:
-    """The OTLP ``ExportTraceServiceRequest`` of ``spans``, as the SDK's ``encode_spans`` makes
-    it, encoded ``_YIELD_EVERY`` spans at a time with the GIL offered in between.
+#: The OTLP request's layers for spans and for log records: (resources, scopes, items).
+SPAN_LAYERS = ("resource_spans", "scope_spans", "spans")
+LOG_LAYERS = ("resource_logs", "scope_logs", "log_records")
+
+
+def encode_in_steps(items: Sequence[Any], encode: Callable[[Sequence[Any]], Any] | None = None,
+                    layers: tuple[str, str, str] = SPAN_LAYERS) -> Any:
+    """The OTLP export request of ``items`` as ``encode`` (the SDK's ``encode_spans`` by
+    default, or ``encode_logs`` with ``LOG_LAYERS``) makes it, encoded ``_YIELD_EVERY`` items at
+    a time with the GIL offered in between.
 
     The SDK's protobuf encoding takes ~50 µs per span in the export thread; a full batch of 512
     held the GIL ~25 ms, and the app's event loop waited in 5 ms switch intervals (p99.9 of a
-    0.2 ms request: 10 ms). The steps' resource and scope entries are merged, so the request has
-    the same shape as one ``encode_spans`` call.
+    0.2 ms request: 10 ms; 23 ms with the access lines exported as log records). The steps'
+    resource and scope entries are merged: the request equals one ``encode`` call's.
     """
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    if encode is None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    if len(spans) <= _YIELD_EVERY:
-        return encode_spans(spans)
+        encode = encode_spans
+    if len(items) <= _YIELD_EVERY:
+        return encode(items)
+    resources_of, scopes_of, items_of = layers
     request = None
     scopes: dict[tuple[bytes, str, bytes, str], Any] = {}
-    for start in range(0, len(spans), _YIELD_EVERY):
+    for start in range(0, len(items), _YIELD_EVERY):
         if start:
             time.sleep(0)  # let a waiting thread have the GIL now, not in 5 ms
-        part = encode_spans(spans[start:start + _YIELD_EVERY])
+        part = encode(items[start:start + _YIELD_EVERY])
         if request is None:
             request = part
-            for rs in request.resource_spans:
-                for ss in rs.scope_spans:
+            for rs in getattr(request, resources_of):
+                for ss in getattr(rs, scopes_of):
                     scopes[_scope_key(rs, ss)] = ss
             continue
-        for rs in part.resource_spans:
-            for ss in rs.scope_spans:
+        for rs in getattr(part, resources_of):
+            for ss in getattr(rs, scopes_of):
                 key = _scope_key(rs, ss)
                 target = scopes.get(key)
                 if target is None:  # a resource or scope not seen in the earlier steps
-                    target_rs = next((r for r in request.resource_spans
+                    target_rs = next((r for r in getattr(request, resources_of)
                                       if (r.resource.SerializeToString(deterministic=True),
                                           r.schema_url) == key[:2]), None)
                     if target_rs is None:
-                        target_rs = request.resource_spans.add()
+                        target_rs = getattr(request, resources_of).add()
                         target_rs.resource.CopyFrom(rs.resource)
                         target_rs.schema_url = rs.schema_url
-                    target = scopes[key] = target_rs.scope_spans.add()
+                    target = scopes[key] = getattr(target_rs, scopes_of).add()
                     target.scope.CopyFrom(ss.scope)
                     target.schema_url = ss.schema_url
-                target.spans.extend(ss.spans)
+                getattr(target, items_of).extend(getattr(ss, items_of))
     return request
 
 
@@ -349,11 +359,18 @@ def _otlp_log_exporter(settings: Settings) -> Any:
     endpoint = settings.otlp_endpoint.rstrip("/")
     headers = settings.otlp_headers or None
     if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-        return OTLPLogExporter(endpoint=endpoint, headers=headers,
-                               insecure=endpoint.startswith("http://"),
-                               timeout=settings.otlp_timeout)
+        class SteppedOTLPLogExporter(OTLPLogExporter):  # type: ignore[misc]
+            """The SDK's gRPC log exporter, encoding a batch in steps (``encode_in_steps``)."""
+
+            def _translate_data(self, data: Sequence[Any]) -> Any:
+                return encode_in_steps(data, encode_logs, LOG_LAYERS)
+
+        return SteppedOTLPLogExporter(endpoint=endpoint, headers=headers,
+                                      insecure=endpoint.startswith("http://"),
+                                      timeout=settings.otlp_timeout)
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter as HttpLogExporter,
     )

@@ -9,6 +9,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_
 
 from obskit import _config as config
 from obskit._tracing import (
+    LOG_LAYERS,
     JsonLinesSpanExporter,
     _iso,
     build_resource,
@@ -112,3 +113,23 @@ def test_otlp_batches_encoded_in_steps_equal_one_encoding():
     assert stepped == encode_spans(spans)
     assert len(stepped.resource_spans) == 3
     assert encode_in_steps(spans[:3]) == encode_spans(spans[:3])
+
+
+def test_otlp_log_batches_encoded_in_steps_equal_one_encoding():
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    exporter = InMemoryLogRecordExporter()
+    for name in ("crm", "mes"):
+        provider = LoggerProvider(resource=Resource.create({"service.name": name}))
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        for scope in ("obskit.access", "orderflow"):
+            logger = provider.get_logger(scope)
+            for i in range(40):
+                logger.emit(body=f"line {i}", attributes={"i": i})
+    records = exporter.get_finished_logs()
+    assert len(records) == 160
+    stepped = encode_in_steps(records, encode_logs, LOG_LAYERS)
+    assert stepped == encode_logs(records)
+    assert [len(r.scope_logs) for r in stepped.resource_logs] == [2, 2]
