@@ -115,10 +115,6 @@ def _end_batch() -> None:
             internal_error("logs.after_batch", exc)
 
 
-#: Deferred records made between two offers of the GIL by the flusher thread (~0.5 ms of work).
-_YIELD_EVERY = 32
-
-
 class _Writer:
     """Writes rendered lines to a text stream (default: the current ``sys.stdout``).
 
@@ -151,7 +147,6 @@ class _Writer:
         self._checked: Any = None  # the stream the mode below was decided for
         self._immediate = True
         self._flusher_pid = 0
-        self._flusher: threading.Thread | None = None
         self._closed = False
 
     def _decide(self, stream: Any) -> bool:
@@ -221,16 +216,11 @@ class _Writer:
             return
         popleft = pending.popleft
         lines = []
-        deferred = 0
-        # On the flusher thread, offer the GIL now and then: the app's threads would otherwise
-        # wait up to the 5 ms switch interval while a large batch is made (see _YIELD_EVERY).
-        offer = threading.current_thread() is self._flusher
+        deferred = False
         for _ in range(len(pending)):  # others may append meanwhile: they wait for the next batch
             item = popleft()
             if item.__class__ is not str:
-                deferred += 1
-                if offer and not deferred % _YIELD_EVERY:
-                    time.sleep(0)
+                deferred = True
                 item = _run(item)
                 if item is None:
                     continue
@@ -264,9 +254,7 @@ class _Writer:
             if self._flusher_pid == _pid:
                 return
             self._flusher_pid = _pid
-        self._flusher = threading.Thread(target=self._flush_loop, name="obskit-log-flush",
-                                         daemon=True)
-        self._flusher.start()
+        threading.Thread(target=self._flush_loop, name="obskit-log-flush", daemon=True).start()
 
     def _flush_loop(self) -> None:
         while not self._closed:
