@@ -71,6 +71,9 @@ ENDPOINTS = {
     "orders?status=printing": "/api/v1/dashboard/orders?status=printing&limit=50",
     "orders (newest)": "/api/v1/dashboard/orders?limit=50",
 }
+# The floor under any cached endpoint, read the same way as they are (not one of the targets).
+FLOOR = {"healthz (floor)": "/healthz"}
+PATHS = {**ENDPOINTS, **FLOOR}
 
 
 # --- environment ------------------------------------------------------------------------------
@@ -305,9 +308,9 @@ def _summarize(lat: dict[str, list[float]], served: dict[str, dict[str, int]],
     return out
 
 
-def _new_tally() -> tuple[dict[str, list[float]], dict[str, dict[str, int]],
-                          dict[str, list[float]]]:
-    return {k: [] for k in ENDPOINTS}, {k: {} for k in ENDPOINTS}, {k: [] for k in ENDPOINTS}
+def _new_tally(names: Any = ENDPOINTS) -> tuple[dict[str, list[float]], dict[str, dict[str, int]],
+                                               dict[str, list[float]]]:
+    return {k: [] for k in names}, {k: {} for k in names}, {k: [] for k in names}
 
 
 def _session(base: str, connections: int = 1) -> aiohttp.ClientSession:
@@ -319,7 +322,7 @@ def _session(base: str, connections: int = 1) -> aiohttp.ClientSession:
 async def _get(c: aiohttp.ClientSession, name: str, lat: dict[str, list[float]],
                served: dict[str, dict[str, int]], server: dict[str, list[float]]) -> None:
     t0 = time.perf_counter()
-    async with c.get(ENDPOINTS[name]) as r:
+    async with c.get(PATHS[name]) as r:
         await r.read()
     lat[name].append((time.perf_counter() - t0) * 1000)
     r.raise_for_status()
@@ -347,12 +350,12 @@ async def closed_loop(base: str, n_readers: int, seconds: float, tally: Any) -> 
 
 
 async def open_loop(base: str, n_readers: int, rate: float, seconds: float, tally: Any,
-                    rng: random.Random) -> None:
+                    rng: random.Random, names: list[str] | None = None) -> None:
     """``n_readers`` dashboards polling at ``rate`` requests/s in total (Poisson arrivals): each
     request is sent on schedule whether or not the previous one has returned, as independent
     browsers do, so a slow response does not hide the load behind it."""
     stop_at = time.monotonic() + seconds
-    names = list(ENDPOINTS)
+    names = names or list(ENDPOINTS)
 
     async def reader(i: int) -> None:
         pending: set[asyncio.Task[None]] = set()
@@ -410,6 +413,20 @@ def _table(say: Any, res: dict[str, Any], pairs: list[tuple[str, str, str]]) -> 
             say(line)
 
 
+async def http_floor(base: str, n: int = 300) -> dict[str, float]:
+    """The floor under any cached endpoint: HTTP client + server + instrumentation, no handler
+    work (``GET /healthz``, one sequential reader, the readers' client)."""
+    lat = []
+    async with _session(base) as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with c.get("/healthz") as r:
+                await r.read()
+            lat.append((time.perf_counter() - t0) * 1000)
+            r.raise_for_status()
+    return {"p50": round(statistics.median(lat), 2), "p95": round(pct(lat, 95), 2)}
+
+
 async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespace,
                     say: Any) -> dict[str, Any]:
     """``targets`` come in (cached, uncached) pairs: after, and before if ``--before``."""
@@ -429,17 +446,7 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
         lambda base, secs, tally: closed_loop(base, 1, secs, tally))
     say("  1. one sequential reader, no orders flowing (service time):")
     _table(say, out["quiet_one_reader"], pairs)
-    # The floor under any cached endpoint: HTTP client + server + instrumentation, no handler work.
-    async with _session(targets[0][1]) as c:
-        floor = []
-        for _ in range(300):
-            t0 = time.perf_counter()
-            async with c.get("/healthz") as r:
-                await r.read()
-            floor.append((time.perf_counter() - t0) * 1000)
-            r.raise_for_status()
-    out["http_floor_ms"] = {"p50": round(statistics.median(floor), 2),
-                            "p95": round(pct(floor, 95), 2)}
+    out["http_floor_ms"] = await http_floor(targets[0][1])
     say(f"    HTTP floor, GET /healthz with the same client: p50 {out['http_floor_ms']['p50']} ms,"
         f" p95 {out['http_floor_ms']['p95']} ms")
 
@@ -460,6 +467,18 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
         say(f"  2. MAIN: {args.readers} dashboards polling {args.read_rate:g} req/s in total "
             f"(open loop) while orders flow at {args.rate:g}/s:")
         _table(say, out["open_loop"], pairs)
+        # The same open loop on GET /healthz: the round trip itself on the loaded machine,
+        # what no cache can take away (idle wake-ups included: at 60 req/s the processes sleep
+        # between requests).
+        tally = _new_tally(FLOOR)
+        await open_loop(targets[0][1], args.readers, args.read_rate, args.window, tally, rng,
+                        list(FLOOR))
+        floor = _summarize(*tally)[next(iter(FLOOR))]
+        out["open_loop_floor"] = floor
+        say(f"    {'floor: GET /healthz, same load':28} {floor['p50_ms']:>5.2f} / "
+            f"{floor['p95_ms']:<8.2f} (the round trip itself: no cache answers faster)"
+            + (f"   in the server {floor['server_p50_ms']:.3f} / {floor['server_p95_ms']:.3f}"
+               if floor["server_p50_ms"] is not None else ""))
         out["closed_loop"] = await interleaved(
             targets, args.rounds, args.window,
             lambda base, secs, tally: closed_loop(base, args.readers, secs, tally))
