@@ -498,6 +498,114 @@ async def dashboard(fleet: Fleet, targets: list[Target], args: argparse.Namespac
     return out
 
 
+WRITE_STAGES = ("priced", "scheduled", "printing", "done")
+
+
+def _fresh_orders(n: int) -> list[str]:
+    """COPY ``n`` orders in status ``received`` with no history: each variant writes for orders
+    of its own, so no variant meets the rows of another."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    now = datetime.now(UTC).isoformat()
+    model = json.dumps({"name": "bench.stl", "volume_cm3": 10, "material": "PLA",
+                        "quality": "standard"})
+    with psycopg.connect(DSN) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (order_id, channel, customer_email, model, quantity, "
+                      "tracking_token, status, created_at, updated_at) FROM STDIN") as cp:
+            for oid in ids:
+                cp.write(f"{oid}\tb2c\tbench@example.com\t{model}\t1\ttok\treceived\t"
+                         f"{now}\t{now}\n")
+        conn.commit()
+    return ids
+
+
+async def result_writes(args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    """The MES's results reach the database through the CRM status consumer. Same events, same
+    real PostgreSQL, ``--write-inflight`` events in flight (the consumer's concurrency), each
+    handler waiting for its event to be committed before it would ack:
+
+    * **batched**: ``orderflow.batching.BatchWriter`` as ``orderflow status`` runs it (up to 200
+      events or 20 ms per transaction);
+    * **per event**: one transaction per event, the handlers sharing the same 4-connection pool.
+
+    Prints events/s committed, transactions per event (counted where they are opened) and the
+    handlers' wait for the commit, in interleaved rounds.
+    """
+    from orderflow import crm, db
+    from orderflow.batching import BatchWriter
+
+    pool = await db.open_pool(DSN, max_size=4, name="bench-writes")
+    transactions = 0
+
+    async def flush(items: list[crm.StatusEvent]) -> None:
+        nonlocal transactions
+        transactions += 1
+        async with pool.connection() as conn, conn.transaction():
+            await crm.record_statuses(conn, items)
+
+    async def one_by_one(event: crm.StatusEvent) -> None:
+        await flush([event])
+
+    async def run_variant(name: str, order_ids: list[str]) -> dict[str, Any]:
+        # Stage by stage over all orders, as concurrent MES workers interleave their orders.
+        base = datetime.now(UTC)
+        queue: asyncio.Queue[crm.StatusEvent] = asyncio.Queue()
+        for i, stage in enumerate(WRITE_STAGES):
+            for oid in order_ids:
+                queue.put_nowait(crm.StatusEvent(order_id=oid, status=stage,
+                                                 at=base + timedelta(milliseconds=i),
+                                                 worker="bench"))
+        n = queue.qsize()
+        writer: BatchWriter[crm.StatusEvent] = BatchWriter("bench", flush)
+        writer.start()
+        submit = writer.submit if name == "batched" else one_by_one
+        waits: list[float] = []
+
+        async def handler() -> None:
+            while not queue.empty():
+                event = queue.get_nowait()
+                t0 = time.perf_counter()
+                await submit(event)
+                waits.append((time.perf_counter() - t0) * 1000)
+
+        before = transactions
+        started = time.perf_counter()
+        await asyncio.gather(*(handler() for _ in range(args.write_inflight)))
+        seconds = time.perf_counter() - started
+        await writer.stop()
+        return {"events": n, "seconds": seconds, "commits": transactions - before,
+                "waits": waits}
+
+    tallies: dict[str, list[dict[str, Any]]] = {"batched": [], "per event": []}
+    try:
+        for _ in range(args.rounds):
+            for name in tallies:
+                ids = await asyncio.to_thread(_fresh_orders, args.write_orders)
+                tallies[name].append(await run_variant(name, ids))
+    finally:
+        await pool.close()
+    out: dict[str, Any] = {}
+    for name, runs in tallies.items():
+        events = sum(r["events"] for r in runs)
+        waits = [w for r in runs for w in r["waits"]]
+        out[name] = {
+            "events_per_s": round(statistics.median(r["events"] / r["seconds"] for r in runs)),
+            "transactions_per_event": round(sum(r["commits"] for r in runs) / events, 3),
+            "commit_wait_p50_ms": round(statistics.median(waits), 1),
+            "commit_wait_p95_ms": round(pct(waits, 95), 1),
+        }
+        o = out[name]
+        say(f"  {name:10} {o['events_per_s']:>7,} events/s  {o['transactions_per_event']:>6} "
+            f"transactions/event  wait for the commit p50 {o['commit_wait_p50_ms']} ms, "
+            f"p95 {o['commit_wait_p95_ms']} ms")
+    out["speedup"] = round(out["batched"]["events_per_s"] / out["per event"]["events_per_s"], 1)
+    need = 4 * 24 * len(WRITE_STAGES)  # 4 MES workers at ~24 orders/s (the scaling part)
+    say(f"  batched / per event: {out['speedup']}x the events/s. 4 MES workers of the scaling "
+        f"part make ~{need} status events/s: per event uses "
+        f"{need / out['per event']['events_per_s']:.0%} of what the database gives one "
+        f"consumer, batched {need / out['batched']['events_per_s']:.1%}.")
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     def say(text: str) -> None:
         if not args.json:
@@ -561,6 +669,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["config"]["load_average_after"] = os.getloadavg()
     finally:
         fleet.stop_all()
+    if not args.skip_writes:
+        say(f"Result writes: status events of {args.write_orders:,} orders x "
+            f"{len(WRITE_STAGES)} stages per variant, {args.write_inflight} in flight, "
+            f"{args.rounds} interleaved rounds (the fleet stopped: only this writes)")
+        result["writes"] = await result_writes(args, say)
     result["config"]["cpu_probe_ms_after"] = cpu_probe()  # the fleet stopped: the machine alone
     say(f"  CPU probe: {result['config']['cpu_probe_ms']} ms at the start, "
         f"{result['config']['cpu_probe_ms_after']} ms at the end (a fixed pure-Python workload: "
@@ -608,12 +721,22 @@ def main() -> int:
                         "git archive HEAD examples/orderflow | tar -x -C /tmp/before; "
                         "DIR=/tmp/before/examples/orderflow")
     p.add_argument("--log-level", default="WARNING", help="OBSKIT_LOG_LEVEL of the processes")
-    p.add_argument("--skip-scaling", "--dashboard-only", action="store_true",
-                   help="only the dashboard part (~2 min)")
+    p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--skip-dashboard", action="store_true")
+    p.add_argument("--skip-writes", action="store_true")
+    p.add_argument("--dashboard-only", action="store_true", help="only the dashboard (~2 min)")
+    p.add_argument("--writes-only", action="store_true", help="only the result writes (~1 min)")
+    p.add_argument("--write-orders", type=int, default=1000,
+                   help="orders per result-writes run (4 status events each)")
+    p.add_argument("--write-inflight", type=int, default=64,
+                   help="status events in flight (orderflow status's concurrency)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--flow", metavar="BASE", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.dashboard_only:
+        args.skip_scaling = args.skip_writes = True
+    if args.writes_only:
+        args.skip_scaling = args.skip_dashboard = True
     if args.flow:
         flow(args.flow, args.rate)
         return 0
