@@ -476,3 +476,23 @@ async def test_summary_throughput_and_page(client: httpx.AsyncClient,
     page = await client.get("/dashboard")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/api/v1/dashboard/summary" in page.text and "<svg" in page.text
+
+
+async def test_a_dashboard_that_holds_the_body_gets_304_until_it_changes(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool) -> None:
+    await insert_order(pool)
+    first = await client.get("/api/v1/dashboard/summary")
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "no-cache"
+
+    again = await client.get("/api/v1/dashboard/summary", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag and again.headers["x-cache"] == "hit"
+    listed = await client.get("/api/v1/dashboard/summary",
+                              headers={"If-None-Match": f'"other", {etag.removeprefix("W/")}'})
+    assert listed.status_code == 304  # weak comparison, one of a list
+
+    await place_order(pool)
+    changed = await client.get("/api/v1/dashboard/summary", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["total"] == 2
+    assert changed.headers["etag"] != etag

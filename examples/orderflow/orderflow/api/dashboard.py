@@ -11,6 +11,7 @@ references, only what a production manager needs.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -65,7 +66,23 @@ async def _respond(request: Request, name: str, key: str,
         return _body(await load())
 
     body, result = await _cache(request).get_or_load(name, key, loader, hot=hot)
-    return Response(body, media_type="application/json", headers={"X-Cache": result})
+    # Conditional polling: a dashboard that already holds this body gets 304 and no body. The
+    # validator changes with every load (the body carries ``generated_at``). ``no-cache``: the
+    # browser asks each time, so freshness stays the server's (invalidation, list TTL).
+    etag = f'W/"{zlib.crc32(body):08x}{len(body):x}"'
+    headers = {"X-Cache": result, "ETag": etag, "Cache-Control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of ``If-None-Match`` (a list of tags, or ``*``) with ``etag``."""
+    if not if_none_match:
+        return False
+    opaque = etag.removeprefix("W/")
+    return any(tag == "*" or tag.removeprefix("W/") == opaque
+               for tag in (t.strip() for t in if_none_match.split(",")))
 
 
 _JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
