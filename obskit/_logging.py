@@ -309,15 +309,22 @@ _ts_cache: tuple[int, str] = (0, "")
 def timestamp(now: float | None = None) -> str:
     """``now`` (default: now), ISO 8601 UTC with microseconds; the seconds part is formatted
     once per second."""
-    global _ts_cache
     if now is None:
         now = time.time()
     sec = int(now)
     cached = _ts_cache
+    prefix = cached[1] if cached[0] == sec else second_prefix(sec)
+    # %-formatting: ~0.1 µs less than the f-string with int(); %d truncates as int() does.
+    return "%s%06dZ" % (prefix, (now - sec) * 1_000_000)  # noqa: UP031
+
+
+def second_prefix(sec: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of ``sec``, formatted once per second for every caller."""
+    global _ts_cache
+    cached = _ts_cache  # one read: another thread may replace it meanwhile
     if cached[0] != sec:
         cached = _ts_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
-    # %-formatting: ~0.1 µs less than the f-string with int(); %d truncates as int() does.
-    return "%s%06dZ" % (cached[1], (now - sec) * 1_000_000)  # noqa: UP031
+    return cached[1]
 
 
 def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:

@@ -4,6 +4,14 @@ One place for them, so the raw pika/aio-pika integrations and ``obskit.rabbitmq`
 that look alike in Tempo.
 """
 
+from opentelemetry.trace import SpanKind
+
+# The span kinds, read once for every span start: an Enum member read is ~60 ns on Python 3.11.
+KIND_SERVER = SpanKind.SERVER
+KIND_CLIENT = SpanKind.CLIENT
+KIND_PRODUCER = SpanKind.PRODUCER
+KIND_CONSUMER = SpanKind.CONSUMER
+
 MESSAGING_SYSTEM_RABBITMQ = "rabbitmq"
 #: Span/metric name for the nameless default exchange.
 DEFAULT_EXCHANGE = "amq.default"

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.sampling import (
 from obskit._config import Settings
 from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY, current_order
 from obskit._fastspan import LeanSpan
+from obskit._logging import second_prefix
 from obskit.metrics import Catalogue
 
 #: This process's ``service.instance.id`` unless the app sets one; a forked worker gets its own.
@@ -257,22 +258,15 @@ def _attributes_json(attributes: Any) -> dict[str, Any] | None:
     return data if type(data) is dict else dict(attributes)
 
 
-_iso_second: tuple[int, str] = (-1, "")
-
-
 def _iso(ns: int) -> str:
     """``opentelemetry.sdk.util.ns_to_iso_str(ns)``, the same string (microseconds rounded half
     to even from the float, as ``datetime.fromtimestamp``) at a quarter of the cost: the date
-    and time of day are formatted once per second."""
-    global _iso_second
+    and time of day come from the log lines' once-per-second cache."""
     frac, whole = math.modf(ns / 1e9)
     us, sec = round(frac * 1e6), int(whole)
     if us >= 1_000_000:
         sec, us = sec + 1, us - 1_000_000
-    cached = _iso_second  # one read: another thread may replace it meanwhile
-    if cached[0] != sec:
-        cached = _iso_second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{us:06d}Z"
+    return f"{second_prefix(sec)}{us:06d}Z"
 
 
 #: The OTLP request's layers for spans and for log records: (resources, scopes, items).

@@ -23,11 +23,12 @@ from time import perf_counter
 from typing import Any
 
 from opentelemetry import propagate
-from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
 from obskit import _otel_context
 from obskit._context import request_var
 from obskit._internal import internal_error
+from obskit._semconv import KIND_SERVER
 from obskit._tracing import set_attributes_fast
 from obskit.integrations import _http
 
@@ -44,7 +45,6 @@ SCOPE_KEY = "obskit.request"
 
 _UNMATCHED = _http.UNMATCHED
 _KNOWN_METHODS = _http.KNOWN_METHODS
-_SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
 _current_context = _otel_context.current
 _with_span = _otel_context.with_span
@@ -146,7 +146,7 @@ class ObskitASGIMiddleware:
                     parent = _current_context()
                 # Attributes are set once, at the end (one lock, one pass): our samplers do not
                 # look at them, and an unsampled request never pays for them.
-                span = tracer.start_span(method, parent, _SERVER)
+                span = tracer.start_span(method, parent, KIND_SERVER)
                 token = _attach(_with_span(span, parent))
         except Exception as exc:
             internal_error("asgi.start", exc)
