@@ -1,0 +1,34 @@
+"""The observability platform, rendered from one set of parameters.
+
+``obskit bundle render --out DIR [--set KEY=VALUE ...]`` writes the compose file, the collector,
+Prometheus, Alertmanager, Tempo, Loki and Grafana configuration and the order-flow dashboards;
+``obskit bundle push`` sends the dashboards to an existing Grafana. Needs ``obskit[bundle]``.
+"""
+
+from __future__ import annotations
+
+from obskit.bundle._params import PARAMS, ParamError, Params, Target, parse_overrides
+from obskit.bundle._queries import Query
+from obskit.bundle._render import datasource_queries, render, render_files
+
+__all__ = [
+    "PARAMS",
+    "ParamError",
+    "Params",
+    "Query",
+    "Target",
+    "all_queries",
+    "parse_overrides",
+    "render",
+    "render_files",
+]
+
+
+def all_queries(params: Params | None = None) -> list[Query]:
+    """Every query the bundle ships: dashboard panels and variables, datasource links."""
+    from obskit.bundle import dashboards
+
+    p = params or Params()
+    out = list(dashboards.all_queries(p))
+    out += [Query(lang, expr, source) for lang, expr, source in datasource_queries(p)]  # type: ignore[arg-type]
+    return out
