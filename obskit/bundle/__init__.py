@@ -30,5 +30,6 @@ def all_queries(params: Params | None = None) -> list[Query]:
 
     p = params or Params()
     out = list(dashboards.all_queries(p))
-    out += [Query(lang, expr, source) for lang, expr, source in datasource_queries(p)]  # type: ignore[arg-type]
+    out += [Query(lang, expr, source, expect)  # type: ignore[arg-type]
+            for lang, expr, source, expect in datasource_queries(p)]
     return out

@@ -35,24 +35,23 @@ def _traces_to_logs(p: Params) -> str:
 
 
 def _traces_to_metrics(p: Params) -> list[tuple[str, str]]:
-    # From a span to its service's RED (``$__tags`` becomes the service label matcher).
-    s = p.sel("$__tags")
-    errors = p.sel('$__tags, status_code=~"5.."')
+    # From a span to its service's rate, errors and p95, from Tempo's span metrics: they exist
+    # for every traced service (the MES serves no HTTP). ``$__tags`` becomes service="...".
     return [
-        ("Request rate", f"sum(rate(http_server_request_duration_seconds_count{s}[5m]))"),
-        ("Error rate", f"sum(rate(http_server_request_duration_seconds_count{errors}[5m]))"),
-        ("p95 latency", "histogram_quantile(0.95, sum by (le) "
-                        f"(rate(http_server_request_duration_seconds_bucket{s}[5m])))"),
+        ("Request rate", "sum by (span_name) (rate(traces_spanmetrics_calls_total{$__tags}[5m]))"),
+        ("Error rate", "sum by (span_name) (rate(traces_spanmetrics_calls_total"
+                       '{$__tags, status_code="STATUS_CODE_ERROR"}[5m]))'),
+        ("p95 latency", "histogram_quantile(0.95, sum by (le, span_name) "
+                        "(rate(traces_spanmetrics_latency_bucket{$__tags}[5m])))"),
     ]
 
 
-def datasource_queries(p: Params) -> list[tuple[str, str, str]]:
-    """(lang, expr, source) of the queries inside the datasource links, unescaped."""
-    out = [("logql", _traces_to_logs(p), "datasources: Tempo → Loki")]
-    out += [("promql", q, f"datasources: Tempo → Prometheus ({n})")
+def datasource_queries(p: Params) -> list[tuple[str, str, str, str]]:
+    """(lang, expr, source, expect) of the queries inside the datasource links, unescaped."""
+    out = [("logql", _traces_to_logs(p), "datasources: Tempo → Loki", "needs:loki")]
+    out += [("promql", q, f"datasources: Tempo → Prometheus ({n})", "needs:tempo")
             for n, q in _traces_to_metrics(p)]
     return out
-
 
 
 def _environment() -> Any:

@@ -27,10 +27,14 @@ from prometheus_client import CollectorRegistry
 import obskit
 from obskit._tracing import build_resource, build_sampler
 from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan
+from obskit.testing._prometheus import AlertmanagerProcess, PrometheusError, PrometheusProcess
 
 __all__ = [
+    "AlertmanagerProcess",
     "Captured",
     "OtlpReceiver",
+    "PrometheusError",
+    "PrometheusProcess",
     "ReceivedLog",
     "ReceivedSpan",
     "init_for_tests",

@@ -43,11 +43,10 @@ def test_a_selector_override_reaches_every_file_that_selects() -> None:
     default = render_files()
     custom = render_files(parse_overrides(['obskit_selector=job="shop"',
                                            'rabbitmq_selector=job="mq", cluster="eu1"']))
-    # Files that select obskit metrics: the dashboards and the datasource links.
+    # Files that select obskit metrics: the dashboards.
     selecting = {rel for rel, text in default.items() if _has(text, 'job="obskit"')}
     assert {r for r in default if r.startswith("dashboards/")} - selecting == \
         {"dashboards/find-order.json"}  # Loki and Tempo only
-    assert "platform/grafana/provisioning/datasources/obskit.yaml" in selecting
     for rel in selecting:
         assert not _has(custom[rel], 'job="obskit"'), rel
         assert _has(custom[rel], 'job="shop"'), rel

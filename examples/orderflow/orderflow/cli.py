@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
 from orderflow.config import Settings
+
+#: Default of ``orderflow all --metrics-port`` (a CLI default, like ``--port``, not a setting of
+#: the services themselves).
+ENV_METRICS_PORT = "ORDERFLOW_METRICS_PORT"
 
 
 def _serve(service: str, body: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
@@ -98,7 +103,8 @@ def cmd_all(args: argparse.Namespace) -> int:
 
     migrations.upgrade(Settings().database_url)
     return supervisor.run(port=args.port, host=args.host, mes_workers=args.mes_workers,
-                          mes_concurrency=args.concurrency)
+                          mes_concurrency=args.concurrency, metrics_port=args.metrics_port,
+                          targets_file=args.targets_file, targets_host=args.targets_host)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -201,6 +207,19 @@ def parser() -> argparse.ArgumentParser:
     al.add_argument("--host", default="127.0.0.1")
     al.add_argument("--mes-workers", type=int, default=2)
     al.add_argument("--concurrency", type=int, default=8, help="per MES worker")
+    al.add_argument("--metrics-port", type=_port, metavar="BASE",
+                    # A string default goes through type=, so a bad env value is a usage error.
+                    default=os.environ.get(ENV_METRICS_PORT) or None,
+                    help="each process serves its own /metrics (with exemplars): ingress on "
+                         "BASE, crm-relay BASE+1, crm-status BASE+2, mes-1 BASE+3, ... "
+                         f"(env {ENV_METRICS_PORT}; default: off, the ingress /metrics shows "
+                         "all processes merged)")
+    al.add_argument("--targets-file", metavar="PATH", default=None,
+                    help="with --metrics-port: write the processes as Prometheus file_sd JSON "
+                         "here (labels service, instance)")
+    al.add_argument("--targets-host", default="host.docker.internal",
+                    help="host Prometheus reaches the processes at (default "
+                         "host.docker.internal: the bundle's Prometheus in docker)")
     al.set_defaults(func=cmd_all)
 
     d = sub.add_parser("demo", help="run everything, send a mix of orders, print a summary")
@@ -212,8 +231,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port {port} outside 1-65535")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if getattr(args, "targets_file", None) and args.metrics_port is None:
+        p.error(f"--targets-file needs --metrics-port (or {ENV_METRICS_PORT}): without it the "
+                "processes have no metrics ports of their own")
     return int(args.func(args) or 0)
 
 

@@ -3,12 +3,20 @@
 Children: ``api``, ``relay``, ``status`` (CRM status consumer) and N ``mes`` workers, each its
 own process (as in production, so killing one is a real test). A child that dies is restarted
 with backoff; SIGTERM/SIGINT stops them all (SIGTERM, then SIGKILL after a grace period).
-All children share ``PROMETHEUS_MULTIPROC_DIR``, so the ingress ``/metrics`` shows the metrics of
-every process in the group (MES stages included).
+
+Metrics, one of two ways:
+
+* default: all children share ``PROMETHEUS_MULTIPROC_DIR``, so the ingress ``/metrics`` shows the
+  metrics of every process in the group (MES stages included) — one URL, but without exemplars
+  and with the MES workers summed together;
+* ``metrics_port=BASE``: each child serves its own ``/metrics`` on ``OBSKIT_METRICS_PORT`` (in
+  the order of ``children()``: ingress BASE, crm-relay BASE+1, crm-status BASE+2, mes-1 BASE+3,
+  ...), with exemplars, and ``targets_file`` tells Prometheus where they are (file_sd).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import obskit
 
@@ -24,32 +33,73 @@ _log = obskit.get_logger("orderflow.supervisor")
 
 @dataclass
 class Child:
-    name: str
+    name: str  # the process: api, relay, status, mes-1, ...
+    service: str  # what it passes to obskit.init(): ingress, crm-relay, crm-status, mes
     argv: list[str]
+    metrics_port: int | None = None  # its own /metrics (per-process mode)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
 
-def children(port: int, host: str, mes_workers: int, mes_concurrency: int) -> list[Child]:
+def children(port: int, host: str, mes_workers: int, mes_concurrency: int,
+             metrics_port: int | None = None) -> list[Child]:
+    """The group in a fixed order; with ``metrics_port`` child i serves metrics on BASE+i."""
     # -P: never import from the cwd (a stray ./obskit folder would shadow the library).
     base = [sys.executable, "-P", "-m", "orderflow.cli"]
-    group = [Child("api", [*base, "api", "--port", str(port), "--host", host]),
-             Child("relay", [*base, "relay"]),
-             Child("status", [*base, "status"])]
-    group += [Child(f"mes-{i + 1}", [*base, "mes", "--concurrency", str(mes_concurrency),
-                                     "--worker-id", f"mes-{i + 1}"])
+    group = [Child("api", "ingress", [*base, "api", "--port", str(port), "--host", host]),
+             Child("relay", "crm-relay", [*base, "relay"]),
+             Child("status", "crm-status", [*base, "status"])]
+    group += [Child(f"mes-{i + 1}", "mes", [*base, "mes", "--concurrency", str(mes_concurrency),
+                                            "--worker-id", f"mes-{i + 1}"])
               for i in range(mes_workers)]
+    if metrics_port is not None:
+        for i, c in enumerate(group):
+            c.metrics_port = metrics_port + i
     return group
 
 
+def instance(c: Child) -> str:
+    """The ``instance`` label of a child: its service name, or ``mes-N`` for an MES worker."""
+    return c.service if c.service != "mes" else c.name
+
+
+def write_targets(path: str | os.PathLike[str], group: list[Child], host: str) -> None:
+    """Prometheus file_sd JSON of the group's metrics ports, replaced atomically (Prometheus
+    watches the file and must never read it half-written)."""
+    entries = [{"targets": [f"{host}:{c.metrics_port}"],
+                "labels": {"service": c.service, "instance": instance(c)}}
+               for c in group if c.metrics_port is not None]
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a containerised Prometheus
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def run(port: int = 8000, host: str = "127.0.0.1", mes_workers: int = 2,
-        mes_concurrency: int = 8) -> int:
+        mes_concurrency: int = 8, metrics_port: int | None = None,
+        targets_file: str | os.PathLike[str] | None = None,
+        targets_host: str = "host.docker.internal") -> int:
     env = dict(os.environ)
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orderflow-metrics-")
-    group = children(port, host, mes_workers, mes_concurrency)
+    group = children(port, host, mes_workers, mes_concurrency, metrics_port)
+    if metrics_port is None:
+        if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orderflow-metrics-")
+    else:
+        # Per process: multiprocess mode would drop the exemplars this mode is for.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.pop("prometheus_multiproc_dir", None)
+        if targets_file is not None:
+            write_targets(targets_file, group, targets_host)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -60,14 +110,24 @@ def run(port: int = 8000, host: str = "127.0.0.1", mes_workers: int = 2,
     signal.signal(signal.SIGINT, on_signal)
 
     def start(c: Child) -> None:
-        c.proc = subprocess.Popen(c.argv, env={**env, "ORDERFLOW_PROCESS": c.name})
+        child_env = {**env, "ORDERFLOW_PROCESS": c.name}
+        if c.metrics_port is not None:
+            child_env["OBSKIT_METRICS_PORT"] = str(c.metrics_port)
+        c.proc = subprocess.Popen(c.argv, env=child_env)
         c.started_at = time.monotonic()
         _log.info("started", child=c.name, pid=c.proc.pid)
 
     for c in group:
         start(c)
+    if metrics_port is None:
+        metrics = f"metrics of all on http://{host}:{port}/metrics"
+    else:
+        metrics = "metrics per process on " + ", ".join(
+            f"{instance(c)} :{c.metrics_port}" for c in group)
+        if targets_file is not None:
+            metrics += f" (Prometheus targets in {targets_file})"
     print(f"orderflow: api on http://{host}:{port} (docs /docs), relay, status consumer, "
-          f"{mes_workers} MES workers; Ctrl-C stops", file=sys.stderr, flush=True)
+          f"{mes_workers} MES workers; {metrics}; Ctrl-C stops", file=sys.stderr, flush=True)
     while not stopping:
         now = time.monotonic()
         for c in group:
