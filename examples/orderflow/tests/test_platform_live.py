@@ -180,4 +180,3 @@ def test_every_dashboard_query_returns_data_on_a_live_platform(env: dict[str, st
     assert f"http://127.0.0.1:{am_port}/api/v2/alerts" in alertmanagers, alertmanagers
     assert not down, down
     assert not broken_rules, broken_rules
-    assert time.monotonic() - started < 90, "the live test must stay under 90 s"
