@@ -74,7 +74,10 @@ def push(grafana_url: str, params: Params | None = None, *, dry_run: bool = Fals
     except ImportError as exc:
         raise PushError("obskit bundle push needs grafana-client: "
                         "pip install 'obskit[bundle]'") from exc
-    from obskit.bundle import dashboards
+    try:
+        from obskit.bundle import dashboards
+    except ImportError as exc:
+        raise PushError(f"{exc}: pip install 'obskit[bundle]'") from exc
 
     p = params or Params()
     api = GrafanaApi.from_url(grafana_url, credential=credential, timeout=timeout)

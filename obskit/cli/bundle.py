@@ -62,6 +62,10 @@ def run_render(args: argparse.Namespace) -> int:
         return 2
     try:
         files = render_files(params)
+    except ImportError as exc:  # the extra is missing: name the fix, not a traceback
+        print(f"obskit bundle: {exc}. Install it with: pip install 'obskit[bundle]'",
+              file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"obskit bundle: {exc}", file=sys.stderr)
         return 2
