@@ -18,7 +18,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import httpx
 import psycopg
@@ -47,6 +48,30 @@ def _drop_database(name: str) -> None:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+class Isolated(NamedTuple):
+    dsn: str
+    amqp_url: str
+    run: str  # a fresh id, for key prefixes and names
+
+
+@contextmanager
+def isolated_services(prefix: str) -> Iterator[Isolated]:
+    """A database and a RabbitMQ vhost of their own (``<prefix>_<run>``), dropped on exit: a
+    second stack of processes cannot take the session's outbox rows or messages, nor they its."""
+    run = uuid.uuid4().hex[:8]
+    db_name, vhost = f"{prefix}_{run}", f"{prefix.replace('_', '-')}-{run}"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
+    httpx.put(f"{MGMT}/vhosts/{vhost}", auth=AUTH).raise_for_status()
+    httpx.put(f"{MGMT}/permissions/{vhost}/guest", auth=AUTH,
+              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    migrations.upgrade(dsn)
+    try:
+        yield Isolated(dsn, f"amqp://guest:guest@127.0.0.1:5672/{vhost}", run)
+    finally:
+        httpx.delete(f"{MGMT}/vhosts/{vhost}", auth=AUTH)
+        _drop_database(db_name)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,8 @@
 """``orderflow all --metrics-port BASE``: every process serves its own ``/metrics``, with exemplars.
 
 A group of its own (database, vhost, tracing on) so the session's relay and status consumer do
-not take its orders; ``test_platform_live.py`` reuses ``isolated_env`` and ``OrderflowAll``.
+not take its orders (``conftest.isolated_services``); ``test_platform_live.py`` reuses
+``isolated_env`` and ``OrderflowAll``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from conftest import (
-    AUTH,
-    MGMT,
-    PG_ADMIN,
     _free_port,
     _ready,
     api_key,
+    isolated_services,
     new_ip,
     order_body,
     statuses,
@@ -33,8 +30,6 @@ from conftest import (
 )
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
-
-from orderflow import migrations
 
 #: ``orderflow all``'s processes in port order: (instance label, service label).
 GROUP = [("ingress", "ingress"), ("crm-relay", "crm-relay"), ("crm-status", "crm-status"),
@@ -66,25 +61,13 @@ def free_port_range(n: int) -> int:
 @contextmanager
 def isolated_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """``env`` with a database and vhost of its own and tracing on (spans kept nowhere)."""
-    run = uuid.uuid4().hex[:8]
-    db_name, vhost = f"orderflow_metrics_{run}", f"orderflow-metrics-{run}"
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
-    httpx.put(f"{MGMT}/vhosts/{vhost}", auth=AUTH).raise_for_status()
-    httpx.put(f"{MGMT}/permissions/{vhost}/guest", auth=AUTH,
-              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
-    migrations.upgrade(dsn)
-    e = {k: v for k, v in env.items() if k != "OTEL_SDK_DISABLED"}
-    e.update({"OBSKIT_SPANS_FILE": "off", "ORDERFLOW_DATABASE_URL": dsn,
-              "ORDERFLOW_READ_DATABASE_URL": dsn,
-              "ORDERFLOW_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-              "ORDERFLOW_REDIS_PREFIX": f"orderflow-metrics-{run}"})
-    e.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    try:
+    with isolated_services("orderflow_metrics") as own:
+        e = {k: v for k, v in env.items() if k != "OTEL_SDK_DISABLED"}
+        e.update({"OBSKIT_SPANS_FILE": "off", "ORDERFLOW_DATABASE_URL": own.dsn,
+                  "ORDERFLOW_READ_DATABASE_URL": own.dsn, "ORDERFLOW_RABBITMQ_URL": own.amqp_url,
+                  "ORDERFLOW_REDIS_PREFIX": f"orderflow-metrics-{own.run}"})
+        e.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         yield e
-    finally:
-        httpx.delete(f"{MGMT}/vhosts/{vhost}", auth=AUTH)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 class OrderflowAll:

@@ -9,12 +9,10 @@ import uuid
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from conftest import AUTH, MGMT, PG_ADMIN, Procs, _free_port, _ready, wait_for
+from conftest import Procs, _free_port, _ready, isolated_services, wait_for
 
 from obskit.testing import OtlpReceiver
-from orderflow import migrations
 
 ORDER = {"customer_email": "trace@example.com",
          "model": {"name": "bracket.stl", "volume_cm3": 12.5, "material": "PETG",
@@ -26,21 +24,14 @@ ORDER = {"customer_email": "trace@example.com",
 def traced_stack(env: dict[str, str]) -> Any:
     # A database and vhost of its own: the session's untraced relay and status consumer must
     # not pick up this order's outbox row or status events.
-    run = uuid.uuid4().hex[:8]
-    db_name, vhost = f"orderflow_trace_{run}", f"orderflow-trace-{run}"
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{db_name}"
-    httpx.put(f"{MGMT}/vhosts/{vhost}", auth=AUTH).raise_for_status()
-    httpx.put(f"{MGMT}/permissions/{vhost}/guest", auth=AUTH,
-              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
-    migrations.upgrade(dsn)
-    with OtlpReceiver("grpc") as receiver:
+    with isolated_services("orderflow_trace") as own, OtlpReceiver("grpc") as receiver:
         traced_env = {k: v for k, v in env.items() if k != "OTEL_SDK_DISABLED"}
         traced_env.update(receiver.env())
         traced_env.update({
             "OBSKIT_LOG_LEVEL": "INFO",
-            "ORDERFLOW_DATABASE_URL": dsn,
-            "ORDERFLOW_READ_DATABASE_URL": dsn,
-            "ORDERFLOW_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "ORDERFLOW_DATABASE_URL": own.dsn,
+            "ORDERFLOW_READ_DATABASE_URL": own.dsn,
+            "ORDERFLOW_RABBITMQ_URL": own.amqp_url,
         })
         procs = Procs(traced_env)
         port = _free_port()
@@ -53,9 +44,6 @@ def traced_stack(env: dict[str, str]) -> Any:
             yield base, receiver
         finally:
             procs.stop_all()
-            httpx.delete(f"{MGMT}/vhosts/{vhost}", auth=AUTH)
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 def test_one_order_is_one_trace_across_every_process(traced_stack: Any) -> None:
