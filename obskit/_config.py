@@ -91,6 +91,34 @@ def _opt_float(value: Any) -> float | None:
     return float(value)
 
 
+def _opt_url(value: Any) -> str | None:
+    if value in (None, "") or str(value).strip().lower() == "off":
+        return None
+    v = str(value).strip()
+    if "://" not in v:
+        raise ValueError(f"expected a URL such as redis://127.0.0.1:6379/0, or off; got {v!r}")
+    return v
+
+
+def _duration(value: Any) -> float:
+    from obskit.journey._deadlines import parse_duration
+
+    return parse_duration(value)
+
+
+def _positive_int(value: Any) -> int:
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _deadlines(value: Any) -> Any:
+    from obskit.journey._deadlines import Deadlines
+
+    return Deadlines.parse(value or None)
+
+
 def _level(value: Any) -> str:
     v = str(value).strip().upper()
     if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -182,6 +210,33 @@ OPTIONS: tuple[Option, ...] = (
            "tests. Off by default: a header per response costs a little."),
     Option("instrument_logging", "OBSKIT_INSTRUMENT_LOGGING", True, _bool,
            "Route standard-library `logging` records through obskit's pipeline."),
+    Option("journey_url", "OBSKIT_JOURNEY_URL", None, _opt_url,
+           "Redis URL of the order journey store, e.g. `redis://127.0.0.1:6379/0`: every "
+           "`record_stage()` hop is kept there, so `obskit orders show ID` tells where an "
+           "order is and the sweeper counts stuck and lost orders. Unset or `off`: no journeys."),
+    Option("journey_prefix", "OBSKIT_JOURNEY_PREFIX", "obskit", _str,
+           "Prefix of the journey store's Redis keys (`<prefix>:{journey}:...`). Services that "
+           "share a pipeline share a prefix."),
+    Option("journey_sweep", "OBSKIT_JOURNEY_SWEEP", True, _bool,
+           "Run a sweeper in this process (one of all processes is active at a time) that "
+           "publishes the `obskit_orders_in_stage/_stuck/_lost` gauges."),
+    Option("journey_sweep_interval", "OBSKIT_JOURNEY_SWEEP_INTERVAL", 10.0, _duration,
+           "Seconds between sweeps (`10s`, `1m`); a dead sweeper is replaced after three."),
+    Option("stage_deadlines", "OBSKIT_STAGE_DEADLINES", None, _deadlines,
+           "Overrides of the stage deadline table, `STAGE[@CHANNEL]=STUCK[/LOST],...`, e.g. "
+           "`published=1m/10m,printing@b2b=2h/6h,*=30s/5m` (docs/journeys.md)."),
+    Option("journey_retention", "OBSKIT_JOURNEY_RETENTION", 7 * 86400.0, _duration,
+           "How long an unfinished order's journey is kept (`7d`); past it the order is "
+           "forgotten and counted in `obskit_journey_orders_forgotten_total`."),
+    Option("journey_finished_ttl", "OBSKIT_JOURNEY_FINISHED_TTL", 86400.0, _duration,
+           "How long a finished (done, failed, dead-lettered) order's journey is kept (`24h`)."),
+    Option("journey_max_orders", "OBSKIT_JOURNEY_MAX_ORDERS", 1_000_000, _positive_int,
+           "At most this many unfinished orders are tracked; the oldest go first."),
+    Option("grafana_url", "OBSKIT_GRAFANA_URL", None, _opt_str,
+           "Grafana's address, e.g. `http://127.0.0.1:3000`: `obskit orders show` prints a "
+           "Grafana Explore link for each trace of the order."),
+    Option("grafana_tempo_uid", "OBSKIT_GRAFANA_TEMPO_UID", "obskit-tempo", _str,
+           "The Tempo datasource uid in that Grafana (the bundle's is `obskit-tempo`)."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -214,6 +269,12 @@ class Settings:
         for name, value in self.values.items():
             if _BY_NAME[name].secret and value:
                 out[name] = {k: "****" for k in value} if isinstance(value, dict) else "****"
+            elif name.endswith("_url") and value:
+                from obskit.journey._store import safe_url
+
+                out[name] = safe_url(value)
+            elif name == "stage_deadlines":
+                out[name] = str(value)
             else:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out

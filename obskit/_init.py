@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from obskit import _config, _logging, _tracing
+from obskit import _config, _logging, _tracing, journey
 from obskit._internal import internal_error
 from obskit.integrations import IntegrationStatus, instrument_all, uninstrument_all
 from obskit.metrics import Catalogue, catalogue, set_active
@@ -54,6 +54,7 @@ class Handle:
 
     def force_flush(self, timeout_seconds: float = 5.0) -> None:
         _logging.flush()
+        journey.flush(timeout_seconds)
         for p in (self.tracer_provider, self.logger_provider):
             if p is not None:
                 try:
@@ -112,6 +113,7 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
                              settings.metrics_addr, settings.metrics_port, exc)
         _handle = handle
         handle.integrations = instrument_all(handle, settings.disabled_instrumentations)
+        journey.start(settings, cat)
         _logging.quiet_uvicorn_access(any(  # obskit writes the access line (now or on import)
             s.name in ("fastapi", "starlette") and s.state in ("active", "pending")
             for s in handle.integrations))
@@ -133,6 +135,7 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
     if handle is None:
         return
     _logging.flush()  # requests waiting in the batch: their metrics and lines, while all is up
+    journey.stop(timeout_seconds)
     uninstrument_all()
     set_active(None)
     _logging.quiet_uvicorn_access(False)
@@ -180,6 +183,10 @@ def _after_fork_in_child() -> None:
     if handle is not None:
         handle.metrics_server = None
         handle.pid = os.getpid()
+        try:
+            journey.restart_after_fork(handle.settings, handle.catalogue)
+        except Exception as exc:
+            internal_error("fork.journey", exc)
         try:
             _tracing.renew_instance_id(
                 p.resource for p in (handle.tracer_provider, handle.logger_provider)

@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from obskit import journey
 from obskit._context import current_order
 from obskit.metrics import catalogue, observe
 
@@ -25,7 +26,8 @@ def record_stage(stage: str, *, order_id: Any = None, channel: str | None = None
     """Record that an order reached ``stage``.
 
     Increments ``obskit_order_stage_transitions_total{stage,channel}``, adds a span event
-    ``order.stage`` on the current span and writes one log line ``order stage`` with the order id.
+    ``order.stage`` on the current span, writes one log line ``order stage`` with the order id,
+    and, with a journey store (``journey_url``), queues the hop for it (whatever the sampling).
     ``order_id``/``channel`` default to the active ``order_context``. ``accepted_at`` (a Unix
     timestamp) also observes ``obskit_order_stage_age_seconds``. Never raises.
     """
@@ -39,6 +41,10 @@ def record_stage(stage: str, *, order_id: Any = None, channel: str | None = None
         if accepted_at is not None:
             observe(cat.order_stage_age.labels(stage, ch), max(0.0, time.time() - accepted_at))
         span = trace.get_current_span()
+        if oid is not None and journey._running_writer is not None:
+            sc = span.get_span_context()
+            journey.record(oid, stage, ch, time.time(),
+                           format(sc.trace_id, "032x") if sc.is_valid else None, fields)
         if span.is_recording():
             attrs = {"order.stage": stage, "order.channel": ch}
             if oid is not None:

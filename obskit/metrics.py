@@ -328,6 +328,49 @@ class Catalogue:
             "obskit_order_stage_age_seconds",
             "Time from acceptance to reaching a stage, when the caller knows it.",
             ["stage", "channel"], buckets=STAGE_BUCKETS)
+        # Exact, from the journey store (obskit.journey). Every process exports the gauges; only
+        # the active sweeper's are non-zero: aggregate with max by (stage, channel).
+        self.orders_in_stage = self.gauge(
+            "obskit_orders_in_stage", "Unfinished orders whose last stage is `stage` now (from "
+            "the journey store; the active sweeper's value, others export 0).",
+            ["stage", "channel"], multiprocess_mode="livemax")
+        self.orders_stuck = self.gauge(
+            "obskit_orders_stuck", "Orders in `stage` for longer than its stuck deadline.",
+            ["stage", "channel"], multiprocess_mode="livemax")
+        self.orders_lost = self.gauge(
+            "obskit_orders_lost", "Orders in `stage` for longer than its lost deadline, not "
+            "terminal: `obskit orders lost` lists them.", ["stage", "channel"],
+            multiprocess_mode="livemax")
+        self.orders_oldest_age = self.gauge(
+            "obskit_orders_oldest_age_seconds", "How long the oldest order in `stage` has been "
+            "there (0 when none).", ["stage", "channel"], multiprocess_mode="livemax")
+        self.orders_lost_total = self.counter(
+            "obskit_orders_declared_lost", "Orders declared lost, each once, by the stage where "
+            "they stopped (the gauge obskit_orders_lost is how many are lost now).",
+            ["stage", "channel"])
+        self.orders_stage_repeated = self.counter(
+            "obskit_orders_stage_repeated", "An order reaching a stage it had reached before: "
+            "its message was processed twice (a redelivery or a duplicate).", ["stage", "channel"])
+        self.orders_stage_duration = self.histogram(
+            "obskit_orders_stage_duration_seconds", "Time an order spent in `stage` before its "
+            "next stage (from the journey store).", ["stage", "channel"], buckets=STAGE_BUCKETS)
+        self.journey_written = self.counter(
+            "obskit_journey_hops_written", "Order hops written to the journey store.", [])
+        self.journey_dropped = self.counter(
+            "obskit_journey_hops_dropped", "Order hops not written to the journey store: "
+            "buffer_full (the store was down too long), shutdown, error.", ["reason"])
+        self.journey_store_errors = self.counter(
+            "obskit_journey_store_errors", "Failed calls to the journey store, by operation "
+            "(write, sweep); writes are retried.", ["operation"])
+        self.journey_forgotten = self.counter(
+            "obskit_journey_orders_forgotten", "Unfinished orders dropped from the journey store "
+            "past its retention or size limit.", [])
+        self.journey_sweeper_leader = self.gauge(
+            "obskit_journey_sweeper_leader", "1 in the process whose journey sweeper is active.",
+            [], multiprocess_mode="livemax")
+        self.journey_last_sweep = self.gauge(
+            "obskit_journey_last_sweep_timestamp_seconds", "When the active sweeper last "
+            "counted stuck and lost orders (Unix time).", [], multiprocess_mode="livemax")
         # --- Telemetry self-metrics --------------------------------------------------------
         self.spans_dropped = self.counter(
             "obskit_telemetry_spans_dropped",

@@ -226,5 +226,5 @@ def test_fork_child_keeps_working(tmp_path):
 def test_public_api_is_exactly_all():
     public = {n for n in dir(obskit) if not n.startswith("_")}
     modules = {"exposition", "metrics", "processors", "propagation", "integrations", "cli",
-               "testing", "rabbitmq", "bundle"}
+               "testing", "rabbitmq", "bundle", "journey"}
     assert public - modules == set(obskit.__all__) - {"__version__"}

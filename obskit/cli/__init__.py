@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # module, in the order shown by --help. Imported lazily so `obskit doctor` works without the
 # rabbitmq extra installed.
-_COMMANDS = ("doctor", "dlq", "audit", "bundle")
+_COMMANDS = ("doctor", "orders", "dlq", "audit", "bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from obskit.integrations import INTEGRATIONS
 
 def register(sub: Any) -> None:
     p = sub.add_parser("doctor", help="show effective configuration, integrations and "
-                       "reachability of the OTLP endpoint and metrics port")
+                       "reachability of the OTLP endpoint, metrics port and journey store")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per reachability check")
     p.set_defaults(func=run)
@@ -71,6 +71,30 @@ def _metrics_check(settings: _config.Settings, timeout: float) -> dict[str, Any]
         probe.close()
 
 
+def _journey_check(settings: _config.Settings, timeout: float) -> dict[str, Any]:
+    if not settings.journey_url:
+        return {"configured": False, "ok": True,
+                "detail": "OBSKIT_JOURNEY_URL unset: no order journeys, no stuck/lost counts"}
+    try:
+        from obskit.journey import JourneyStore, StoreUnavailable
+        from obskit.journey._store import safe_url
+
+        store = JourneyStore(settings.journey_url, settings.journey_prefix, timeout=timeout)
+    except ImportError:
+        return {"configured": True, "ok": False,
+                "detail": "the redis package is missing: pip install 'obskit[journey]'"}
+    try:
+        store.ping()
+        leader = store.leader()
+    except StoreUnavailable as exc:
+        return {"configured": True, "ok": False, "detail": str(exc)}
+    finally:
+        store.close()
+    who = f"active sweeper: {leader}" if leader else "no active sweeper right now"
+    return {"configured": True, "ok": True, "url": safe_url(settings.journey_url),
+            "detail": f"{safe_url(settings.journey_url)} reachable; {who}"}
+
+
 def _looks_like_metrics(host: str, port: int, timeout: float) -> bool:
     import urllib.request
 
@@ -116,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
         "integrations": _integrations(settings),
         "otlp": _otlp_check(settings, args.timeout),
         "metrics": _metrics_check(settings, args.timeout),
+        "journey": _journey_check(settings, args.timeout),
     }
-    ok = report["otlp"]["ok"] and report["metrics"]["ok"]
+    ok = report["otlp"]["ok"] and report["metrics"]["ok"] and report["journey"]["ok"]
     report["ok"] = ok
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -134,4 +159,5 @@ def run(args: argparse.Namespace) -> int:
     mark = {True: "ok  ", False: "FAIL"}
     print(f"\nOTLP endpoint   {mark[report['otlp']['ok']]} {report['otlp']['detail']}")
     print(f"metrics port    {mark[report['metrics']['ok']]} {report['metrics']['detail']}")
+    print(f"journey store   {mark[report['journey']['ok']]} {report['journey']['detail']}")
     return 0 if ok else 1

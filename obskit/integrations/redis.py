@@ -8,7 +8,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import wrapt
-from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 from obskit.integrations import _db
 from obskit.integrations._contrib import Contrib
@@ -35,6 +35,8 @@ def _command(args: Any) -> str:
 
 
 def _execute_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if not is_instrumentation_enabled():  # obskit's own traffic (the journey store)
+        return wrapped(*args, **kwargs)
     start = perf_counter()
     try:
         return wrapped(*args, **kwargs)
@@ -43,6 +45,8 @@ def _execute_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
 
 
 async def _execute_command_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if not is_instrumentation_enabled():  # obskit's own traffic (the journey store)
+        return await wrapped(*args, **kwargs)
     start = perf_counter()
     try:
         return await wrapped(*args, **kwargs)
@@ -51,6 +55,8 @@ async def _execute_command_async(wrapped: Any, instance: Any, args: Any, kwargs:
 
 
 def _pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if not is_instrumentation_enabled():  # obskit's own traffic (the journey store)
+        return wrapped(*args, **kwargs)
     start = perf_counter()
     try:
         return wrapped(*args, **kwargs)
@@ -59,6 +65,8 @@ def _pipeline(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 async def _pipeline_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if not is_instrumentation_enabled():  # obskit's own traffic (the journey store)
+        return await wrapped(*args, **kwargs)
     start = perf_counter()
     try:
         return await wrapped(*args, **kwargs)
