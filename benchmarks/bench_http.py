@@ -27,6 +27,10 @@ Diagnostic variants (``--variants bare,obskit,obskit_nolog,obskit_notrace``): ``
 is ``obskit`` with the access log filtered out (``log_level=WARNING``); ``obskit_notrace`` is
 ``obskit`` with ``OTEL_SDK_DISABLED=true`` (metrics + access log only); ``obskit_10pct_norid`` is
 ``obskit_10pct`` with request ids off (``request_id=False``: no ``X-Request-ID`` made or returned).
+The journey store's cost (``--variants obskit_stage,obskit_journey``): both record one order stage
+per request (``record_stage("accepted")``); ``obskit_journey`` also keeps it in the journey store
+(Redis at ``BENCH_JOURNEY_URL``, default the local one); the server CPU per request includes the
+writer thread's.
 
 Spans go to a no-op exporter in both traced variants so the comparison measures instrumentation,
 not exporting. Prints req/s (median over rounds), p50/p99 latency (median over rounds) and the
@@ -59,7 +63,11 @@ from typing import Any
 
 VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
 #: Diagnostic variants, run with --variants: where obskit's per-request cost goes.
-EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace", "obskit_10pct_norid")
+EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace", "obskit_10pct_norid", "obskit_stage",
+                  "obskit_journey")
+#: Where ``obskit_journey`` keeps its hops (a prefix of its own, emptied after the run).
+JOURNEY_URL = os.environ.get("BENCH_JOURNEY_URL", "redis://127.0.0.1:6379/0")
+JOURNEY_PREFIX = "obskit-bench"
 
 
 # --- server side (runs in the subprocess) --------------------------------------------------------
@@ -96,6 +104,8 @@ def build_app(variant: str) -> Any:
             options["log_level"] = "WARNING"
         if variant == "obskit_notrace":
             options["sdk_disabled"] = True
+        if variant == "obskit_journey":
+            options.update(journey_url=JOURNEY_URL, journey_prefix=JOURNEY_PREFIX)
         if variant == "obskit_10pct_norid":
             options["request_id"] = False
         else:
@@ -105,9 +115,17 @@ def build_app(variant: str) -> Any:
 
     app = FastAPI()
 
-    @app.get("/items/{item_id}")
-    async def item(item_id: int) -> dict[str, int]:
-        return {"item_id": item_id}
+    if variant in ("obskit_stage", "obskit_journey"):
+        import obskit
+
+        @app.get("/items/{item_id}")
+        async def item_stage(item_id: int) -> dict[str, int]:
+            obskit.record_stage("accepted", order_id=item_id, channel="b2c")
+            return {"item_id": item_id}
+    else:
+        @app.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"item_id": item_id}
 
     if variant == "stock":
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -424,6 +442,10 @@ def run_server(args: argparse.Namespace, server: str) -> None:
               f"{'' if not stock else f'{rps / stock:.2f}x'} | {spread} | {cpu:.0f} | "
               f"{'' if not bare_cpu else f'{bare_cpu / cpu:.2f}'} | "
               f"{'' if not stock_cpu else f'{stock_cpu / cpu:.2f}x'} |")
+    if "obskit_journey" in variants:
+        from obskit.journey import JourneyStore
+
+        JourneyStore(JOURNEY_URL, JOURNEY_PREFIX).delete_all()
     print("\nCPU-based = throughput ratio a dedicated core would give (inverse server CPU per "
           "request);\nreq/s ratios depend on what else the machine is doing.\n", flush=True)
 

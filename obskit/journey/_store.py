@@ -25,8 +25,10 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from obskit.journey._deadlines import Deadlines
 
@@ -60,9 +62,8 @@ def safe_url(url: str) -> str:
     return url
 
 
-@dataclass(frozen=True, slots=True)
-class Hop:
-    """One ``record_stage()`` call, as the journey keeps it."""
+class Hop(NamedTuple):
+    """One ``record_stage()`` call, as the journey keeps it (a tuple: made on the hot path)."""
 
     order_id: str
     stage: str
@@ -80,7 +81,7 @@ class Hop:
             d["trace_id"] = self.trace_id
         if self.detail:
             d["detail"] = self.detail
-        return json.dumps(d, separators=(",", ":"))
+        return orjson.dumps(d).decode()
 
     @classmethod
     def from_json(cls, order_id: str, text: str | bytes) -> Hop:
@@ -131,22 +132,24 @@ class WriteResult:
 
     hop: Hop
     channel: str  # the order's channel (a hop recorded without one takes the order's)
-    repeated: bool  # the order reached this stage before
+    repeated: bool  # the order reached this stage before (not after a dead letter: a replay)
     left_stage: str | None  # the stage this hop moved the order out of
     left_after: float  # seconds spent in left_stage
     found: bool  # the order had been declared lost and moved again
 
 
-# One call per batch. KEYS[1] = key base. ARGV = ttl_active, ttl_finished, max_hops, then 7 per
-# hop: id, stage, channel, at, rank, kind (mid|final|dead), json. Returns 5 per hop: repeated,
-# left stage, seconds in it, found, channel.
+# One call per batch. KEYS[1] = key base. ARGV = ttl_active, ttl_finished, max_hops, and the
+# batch as one JSON array of [id, stage, channel, at, rank, kind (mid|final|dead), hop json]
+# (one argument and one reply string: redis-py's per-argument packing and reply parsing cost
+# more than the script). Returns a JSON array with one entry per hop worth reporting:
+# [index (0-based), repeated 0/1, stage left or "", seconds in it, found 0/1, channel].
 _WRITE = """
 local base = KEYS[1]
 local ttl_active, ttl_done, max_hops = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local batch = cjson.decode(ARGV[4])
 local out = {}
-for i = 4, #ARGV, 7 do
-  local id, stage, ch, ats = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  local at, rank, kind, hop = tonumber(ats), tonumber(ARGV[i+4]), ARGV[i+5], ARGV[i+6]
+for i, h in ipairs(batch) do
+  local id, stage, ch, at, rank, kind, hop = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
   local okey, hkey = base .. 'o:' .. id, base .. 'h:' .. id
   local cur = redis.call('HMGET', okey, 'stage', 'channel', 'since', 'rank', 'kind')
   local cstage, cch, ckind = cur[1], cur[2], cur[5]
@@ -163,14 +166,14 @@ for i = 4, #ARGV, 7 do
   elseif ckind == 'dead' then move = at > csince
   elseif rank ~= crank then move = rank > crank
   else move = at >= csince end
-  local left, dur, found = '', '', 0
+  local left, dur, found = '', 0, 0
   if move then
     if cstage then
       redis.call('ZREM', base .. 's:' .. cstage .. '|' .. cch, id)
-      if cstage ~= stage then left = cstage; dur = tostring(math.max(0, at - csince)) end
+      if cstage ~= stage then left = cstage; dur = math.max(0, at - csince) end
     end
-    redis.call('HSET', okey, 'stage', stage, 'channel', ch, 'since', ats, 'rank', rank,
-               'kind', kind)
+    redis.call('HSET', okey, 'stage', stage, 'channel', ch, 'since', string.format('%.6f', at),
+               'rank', rank, 'kind', kind)
     if redis.call('ZREM', base .. 'lost', id) == 1 then found = 1 end
     if kind == 'mid' then
       redis.call('ZADD', base .. 's:' .. stage .. '|' .. ch, at, id)
@@ -188,13 +191,12 @@ for i = 4, #ARGV, 7 do
     if redis.call('TTL', hkey) < 0 then redis.call('EXPIRE', hkey, ttl_done) end
     if redis.call('TTL', okey) < 0 then redis.call('EXPIRE', okey, ttl_done) end
   end
-  out[#out + 1] = repeated
-  out[#out + 1] = left
-  out[#out + 1] = dur
-  out[#out + 1] = found
-  out[#out + 1] = ch
+  if repeated == 1 or left ~= '' or found == 1 then
+    out[#out + 1] = {i - 1, repeated, left, dur, found, ch}
+  end
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
 
 # KEYS[1] = key base. ARGV = now, limit, then 2 per member: member, lost cutoff. Declares the
@@ -246,6 +248,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _rank(stage: str) -> int:
+    return _RANKS.get(stage, 9 if stage in _FINAL else 8 if stage == _DEAD else _MES_RANK)
 
 
 def _kind(stage: str) -> str:
@@ -300,19 +306,17 @@ class JourneyStore:
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, hops: Sequence[Hop]) -> list[WriteResult]:
-        argv: list[Any] = [int(self.retention), int(self.finished_ttl), self.max_hops]
-        for h in hops:
-            argv += [h.order_id, _clean(h.stage), _clean(h.channel), repr(h.at),
-                     _RANKS.get(h.stage, 9 if h.stage in _FINAL else 8 if h.stage == _DEAD
-                                else _MES_RANK), _kind(h.stage), h.to_json()]
-        raw = self._call(self._write, keys=[self.base], args=argv)
+        """Store ``hops``; returns what they taught (stages left, repeats, lost orders found)
+        for the hops that taught something."""
+        batch = [(h.order_id, _clean(h.stage), _clean(h.channel), h.at, _rank(h.stage),
+                  _kind(h.stage), h.to_json()) for h in hops]
+        raw = self._call(self._write, keys=[self.base],
+                         args=[int(self.retention), int(self.finished_ttl), self.max_hops,
+                               orjson.dumps(batch)])
         out = []
-        for i, h in enumerate(hops):
-            rep, left, dur, found, ch = raw[5 * i:5 * i + 5]
-            left_s = left.decode() if isinstance(left, bytes) else str(left)
-            out.append(WriteResult(h, ch.decode() if isinstance(ch, bytes) else str(ch),
-                                   bool(rep), left_s or None,
-                                   float(dur) if left_s else 0.0, bool(found)))
+        for i, rep, left, dur, found, ch in orjson.loads(raw):
+            out.append(WriteResult(hops[i], ch, bool(rep), left or None, float(dur),
+                                   bool(found)))
         return out
 
     # --- reading -----------------------------------------------------------------------------

@@ -106,7 +106,7 @@ class JourneyWriter:
             self.cat.journey_dropped.labels("error").inc(len(batch))
             internal_error("journey.write", exc)
             return True
-        self._written(results)
+        self._written(results, len(batch))
         return True
 
     def _failed(self, batch: list[Hop], exc: Exception) -> None:
@@ -126,9 +126,9 @@ class JourneyWriter:
             _log.warning("obskit: %s; %d order hops wait in memory (the service carries on)",
                          exc, len(self._buf))
 
-    def _written(self, results: list[WriteResult]) -> None:
+    def _written(self, results: list[WriteResult], n: int) -> None:
         cat = self.cat
-        cat.journey_written.inc(len(results))
+        cat.journey_written.inc(n)
         if self._failing_since is not None:
             _log.warning("obskit: journey store %s reachable again after %.0fs; hops written",
                          self.store.url.split("@")[-1], time.monotonic() - self._failing_since)
