@@ -1,8 +1,9 @@
 """The observability platform, rendered from one set of parameters.
 
 ``obskit bundle render --out DIR [--set KEY=VALUE ...]`` writes the compose file, the collector,
-Prometheus, Alertmanager, Tempo, Loki and Grafana configuration and the order-flow dashboards;
-``obskit bundle push`` sends the dashboards to an existing Grafana. Needs ``obskit[bundle]``.
+Prometheus, Alertmanager, Tempo, Loki and Grafana configuration, the order-flow dashboards and the
+alerting rules; ``obskit bundle push`` sends the dashboards to an existing Grafana. Needs
+``obskit[bundle]``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ __all__ = [
 
 
 def all_queries(params: Params | None = None) -> list[Query]:
-    """Every query the bundle ships: dashboard panels and variables, datasource links."""
-    from obskit.bundle import dashboards
+    """Every query the bundle ships: dashboard panels and variables, datasource links, and
+    the expressions of the alerting and recording rules."""
+    from obskit.bundle import alerts, dashboards
 
     p = params or Params()
     out = list(dashboards.all_queries(p))
     out += [Query(lang, expr, source, expect)  # type: ignore[arg-type]
             for lang, expr, source, expect in datasource_queries(p)]
+    out += alerts.rule_queries(p)
     return out

@@ -2,16 +2,19 @@
 
 A user changes a selector, a port or a threshold here (``obskit bundle render --set KEY=VALUE``)
 and every file that uses it follows: compose, collector, Prometheus, Alertmanager, Tempo, Loki,
-Grafana provisioning and dashboards. docs/platform.md lists the table (``PARAMS``).
+Grafana provisioning, dashboards and alerting rules. docs/platform.md lists the table
+(``PARAMS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from obskit.metrics import STAGE_BUCKETS
 from obskit.processors import DEFAULT_SCRUB_KEYS
 
 __all__ = ["PARAMS", "Params", "ParamError", "Target", "parse_overrides"]
@@ -121,8 +124,26 @@ class Params:
     queue_backlog_messages: int = _p(1000, "Ready messages in an order queue above this is a "
                                      "backlog.")
     cache_hit_ratio_min: float = _p(0.8, "Dashboard cache hit ratio below this is degraded.")
-    alert_webhook_url: str = _p("", "Where Alertmanager sends alerts (a webhook: your pager's, "
-                                "a chat bridge). Empty: alerts are visible but page nobody.")
+    # --- alerting (alerts/: rules, their tests, Alertmanager) --------------------------------
+    slo_accept_to_done_seconds: float = _p(60.0, "The latency SLO: an order is on time when "
+                                           "done within this many seconds of acceptance. Must "
+                                           "be a bucket bound of obskit_order_stage_age_seconds.")
+    slo_accept_to_done_target: float = _p(0.99, "Share of orders that must be on time (over "
+                                          "30 days); 1 - target is the error budget the "
+                                          "burn-rate alerts watch.")
+    pager_webhook_url: str = _p("", "Webhook that critical alerts page through (your pager's "
+                                "Alertmanager webhook). Empty: critical alerts page nobody.")
+    chat_webhook_url: str = _p("", "Webhook every alert is posted to (a chat bridge); warnings "
+                               "go only here. Empty: alerts show at Alertmanager and in Grafana "
+                               "only.")
+    runbook_base_url: str = _p("docs/runbooks", "Where the runbooks are: each alert's "
+                               "runbook_url is `<this>/<AlertName>.md`. Set it to a URL your "
+                               "team opens, e.g. https://github.com/ORG/REPO/blob/main/docs/"
+                               "runbooks.")
+    alert_time_scale: float = _p(1.0, "Multiplies every `for:` and range window of the rules "
+                                 "and Alertmanager's group timings (tests: 0.01 with "
+                                 "scrape_interval=1s). A window never goes below 4 × "
+                                 "scrape_interval.")
     # --- Grafana ---------------------------------------------------------------------------
     grafana_folder: str = _p("obskit", "The folder the dashboards go to.")
     grafana_folder_uid: str = _p("obskit", "Its uid (stable: `bundle push` updates by uid).")
@@ -138,6 +159,25 @@ class Params:
         "Attribute key words whose values the collector masks: obskit's own scrub list, a "
         "second line for telemetry that did not pass through obskit.")
 
+    def __post_init__(self) -> None:
+        # Mistakes that would render valid YAML with a silently wrong meaning fail here.
+        if self.slo_accept_to_done_seconds not in STAGE_BUCKETS:
+            bounds = ", ".join(f"{b:g}" for b in STAGE_BUCKETS)
+            raise ParamError(f"slo_accept_to_done_seconds={self.slo_accept_to_done_seconds:g}: "
+                             "the SLO counts orders in the histogram bucket of that bound, so it "
+                             f"must be one of obskit_order_stage_age_seconds's: {bounds}")
+        if not 0 < self.slo_accept_to_done_target < 1:
+            raise ParamError(f"slo_accept_to_done_target={self.slo_accept_to_done_target:g}: "
+                             "expected a share between 0 and 1, e.g. 0.99")
+        if not self.alert_time_scale > 0:
+            raise ParamError(f"alert_time_scale={self.alert_time_scale:g}: expected a positive "
+                             "factor (1 in production, e.g. 0.01 in tests)")
+        try:
+            if prom_seconds(self.scrape_interval) <= 0:
+                raise ValueError("it is zero")
+        except ValueError as exc:
+            raise ParamError(f"scrape_interval={self.scrape_interval!r}: {exc}") from None
+
     def target_list(self) -> list[Target]:
         return [Target.parse(t) for t in self.targets]
 
@@ -145,6 +185,19 @@ class Params:
         """``{<obskit_selector>, <extra>}``: the braces of a PromQL selector."""
         parts = [s for s in (self.obskit_selector if base is None else base, extra) if s]
         return "{" + ", ".join(parts) + "}"
+
+
+_PROM_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_PROM_DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))+")
+
+
+def prom_seconds(duration: str) -> float:
+    """A Prometheus duration (``15s``, ``1m30s``, ``2h``) in seconds."""
+    text = duration.strip()
+    if not _PROM_DURATION.fullmatch(text):
+        raise ValueError(f"expected a Prometheus duration such as 15s, 1m or 1m30s, not "
+                         f"{duration!r}")
+    return sum(int(n) * _PROM_UNITS[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))
 
 
 PARAMS: tuple[dataclasses.Field[Any], ...] = tuple(dataclasses.fields(Params))

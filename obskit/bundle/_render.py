@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from obskit.bundle._params import Params
+from obskit.bundle._params import Params, prom_seconds
 
 __all__ = ["datasource_queries", "render", "render_files"]
 
@@ -87,10 +87,12 @@ def _targets_json(p: Params) -> str:
 
 def render_files(params: Params | None = None) -> dict[str, str]:
     """The whole bundle for ``params`` (default: ``Params()``), relative path -> content."""
-    from obskit.bundle import dashboards
+    from obskit.bundle import alerts, dashboards
+    from obskit.bundle.alerts._common import Timing, duration
 
     p = params or Params()
     env = _environment()
+    timing = Timing(p)
     loki = p.loki_address
     context = {
         "p": p,
@@ -101,6 +103,9 @@ def render_files(params: Params | None = None) -> dict[str, str]:
         "loki_otlp": f"http://{loki}/otlp",
         "traces_to_logs": _traces_to_logs(p),
         "traces_to_metrics": _traces_to_metrics(p),
+        # Alertmanager's waits scale with the rules' (tests); never zero, which it rejects.
+        "am_wait": lambda nominal: duration(max(prom_seconds(nominal) * timing.scale, 0.1)),
+        "broker_alerts": sorted({a.name for a in alerts.alerts(p) if a.needs_broker}),
     }
     files: dict[str, str] = {}
     for template in sorted(_TEMPLATES.rglob("*.j2")):
@@ -109,6 +114,11 @@ def render_files(params: Params | None = None) -> dict[str, str]:
                   "# Change a parameter (`obskit bundle params`), not this file.")
         files[rel] = env.get_template(f"{rel}.j2").render(header=header, **context)
     files["platform/prometheus/targets/obskit.json"] = _targets_json(p)
+    rule_header = ("# Rendered by `obskit bundle render` from {}.\n"
+                   "# Change a parameter (`obskit bundle params`), not this file. Its tests: "
+                   "alerts/tests/.").format
+    for name, text in alerts.build_all(p, rule_header).items():
+        files[f"alerts/{name}"] = text
     for name, model in dashboards.build_all(p).items():
         files[f"dashboards/{name}"] = json.dumps(model, indent=2, sort_keys=True) + "\n"
     return files

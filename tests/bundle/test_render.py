@@ -43,15 +43,16 @@ def test_a_selector_override_reaches_every_file_that_selects() -> None:
     default = render_files()
     custom = render_files(parse_overrides(['obskit_selector=job="shop"',
                                            'rabbitmq_selector=job="mq", cluster="eu1"']))
-    # Files that select obskit metrics: the dashboards.
+    # Files that select obskit metrics: every dashboard and every rule file.
     selecting = {rel for rel, text in default.items() if _has(text, 'job="obskit"')}
-    assert {r for r in default if r.startswith("dashboards/")} - selecting == \
-        {"dashboards/find-order.json"}  # Loki and Tempo only
+    assert {r for r in default if r.startswith("dashboards/")} <= selecting
+    assert {r for r in default if r.endswith(".rules.yml")} <= selecting
     for rel in selecting:
         assert not _has(custom[rel], 'job="obskit"'), rel
         assert _has(custom[rel], 'job="shop"'), rel
-    assert _has(custom["dashboards/rabbitmq.json"], 'job="mq", cluster="eu1"')
-    assert not _has(custom["dashboards/rabbitmq.json"], 'job="rabbitmq"')
+    for rel in ("dashboards/rabbitmq.json", "alerts/rabbitmq.rules.yml"):
+        assert _has(custom[rel], 'job="mq", cluster="eu1"'), rel
+        assert not _has(custom[rel], 'job="rabbitmq"'), rel
 
 
 def test_port_and_address_overrides_reach_compose_and_prometheus() -> None:

@@ -59,7 +59,7 @@ def _render(out: Path, group: OrderflowAll, am_port: int,
     ])
     render(out, params)
     queries = [q for q in all_queries(params) if q.lang == "promql"]
-    return config_dir / "prometheus.yml", out / "platform/alertmanager/alertmanager.yml", queries
+    return config_dir / "prometheus.yml", out / "alerts/alertmanager.yml", queries
 
 
 def _evaluate(prom: PrometheusProcess, queries: list[Query]) -> list[Result]:

@@ -13,7 +13,17 @@ from grafana_foundation_sdk.builders import dashboard as db
 from obskit._context import ORDER_ID_KEY
 from obskit.bundle._params import Params
 
-from ._common import NEEDS, Board, datasource_var, logs_panel, loki_table, tempo_table
+from ._common import (
+    EMPTY_WHILE_HEALTHY,
+    NEEDS,
+    Board,
+    Target,
+    datasource_var,
+    logs_panel,
+    loki_table,
+    table_panel,
+    tempo_table,
+)
 
 NAME = "find-order"
 #: obskit's log attribute for the order id (processors.add_order_context), as Loki names it.
@@ -32,7 +42,8 @@ def build(p: Params) -> Board:
                .description("The order id the ingress returned (also in the customer's status "
                             "link).").default_value(""),
                datasource_var("loki", "loki", p.loki_uid, "Loki"),
-               datasource_var("tempo", "tempo", p.tempo_uid, "Tempo")],
+               datasource_var("tempo", "tempo", p.tempo_uid, "Tempo"),
+               datasource_var("datasource", "prometheus", p.prometheus_uid, "Prometheus")],
               time_from="now-24h", refresh="")
     b.add(loki_table(
         "Stages of the order",
@@ -47,6 +58,17 @@ def build(p: Params) -> Board:
         "order: the HTTP request that accepted it, the outbox relay's publish, the MES "
         "consumer. Click a trace id to open it.",
         f'{{ span.{ORDER_ID_KEY} = "$order_id" }}'), expect="needs:tempo")
+    # Order ids are never metric labels: this says where to look, `obskit orders` says which.
+    state = " or ".join(
+        f'label_replace(max by (stage, channel) (obskit_orders_{kind}{p.sel()}) > 0, '
+        f'"state", "{kind}", "", "")' for kind in ("lost", "stuck"))
+    b.add(table_panel(
+        "Stuck or lost now",
+        EMPTY_WHILE_HEALTHY + "how many orders are stuck (past their stage's stuck deadline) "
+        "or lost (past its lost deadline) now, per stage and channel, whatever the order id "
+        "above. Their ids: `obskit orders stuck` and `obskit orders lost`; then paste one "
+        "above.",
+        "short", [Target(state, instant=True)], w=24, h=6), expect="empty_while_healthy")
     b.add(logs_panel(
         "Logs of the order",
         NEEDS.format("Loki") + "every log line that carries this order id, from every service, "

@@ -24,6 +24,14 @@ from ._common import (
 NAME = "order-flow"
 TRANSITIONS = "obskit_order_stage_transitions_total"
 AGE = "obskit_order_stage_age_seconds"
+# From the journey sweeper (obskit.journey): exact numbers per stage and channel.
+IN_STAGE = "obskit_orders_in_stage"
+STUCK = "obskit_orders_stuck"
+LOST = "obskit_orders_lost"
+OLDEST = "obskit_orders_oldest_age_seconds"
+DECLARED_LOST = "obskit_orders_declared_lost_total"
+REPEATED = "obskit_orders_stage_repeated_total"
+STAGE_DURATION = "obskit_orders_stage_duration_seconds"
 #: The happy path in order; an order leaves it at ``failed`` or ``dead_lettered``.
 FLOW = tuple(s for s in STAGES if s not in TERMINAL_STAGES) + ("done",)
 
@@ -44,7 +52,7 @@ def build(p: Params) -> Board:
         "Order funnel",
         "Orders that reached each stage during the selected time range, in pipeline order. A "
         "stage with fewer orders than the one before it is where orders stop: compare with "
-        "'In flight per stage' and 'Dead-lettered orders'.",
+        "'In flight per stage', 'Lost orders' and 'Dead-lettered orders'.",
         "short",
         [Target(f'sum(increase({TRANSITIONS}{sel(s)}[$__range]))',
                 s, instant=True) for s in FLOW]))
@@ -56,29 +64,67 @@ def build(p: Params) -> Board:
         [Target(f"sum by (stage, channel) (rate({TRANSITIONS}{sel()}"
                 "[$__rate_interval]))", "{{channel}} {{stage}}")]))
 
+    # The journey sweeper's gauges: exact, from whichever process holds the sweeper lease (the
+    # others export 0), so they are not narrowed to the dashboard's service and instance.
+    def journey(metric: str) -> str:
+        return f"max by (stage, channel) ({metric}{p.sel(match('channel', '$channel'))})"
+
     b.row("In flight")
-    pairs = list(zip(FLOW, FLOW[1:], strict=False))
     b.add(bar_gauge(
         "In flight per stage",
-        "Orders that reached a stage and not yet the next one, counted since the services "
-        "started (a restart of one service resets its counts: the bar is wrong until the "
-        "others restart too). Unprintable orders stay at 'received' and dead-lettered ones "
-        "where they stopped; 'Failed orders' and 'Dead-lettered orders' count those.",
+        "Unfinished orders whose last stage is this one now, all selected channels, counted by "
+        "the journey sweeper from every order's journey (exact, and unaffected by restarts). A "
+        "bar that keeps growing is where orders pile up; `obskit orders stuck --stage S` lists "
+        "the ones waiting too long.",
         "short",
-        [Target(f'clamp_min(sum({TRANSITIONS}{sel(a)}) - '
-                f'sum({TRANSITIONS}{sel(n)}), 0)',
-                f"{a} → {n}", instant=True) for a, n in pairs],
+        [Target(f"sum by (stage) ({journey(IN_STAGE)})", "{{stage}}", instant=True)],
         thresholds=above(p.queue_backlog_messages)))
-    terminal = "|".join(s for s in STAGES if s in TERMINAL_STAGES)
     b.add(stat_panel(
         "Orders in flight",
-        "Orders accepted and not yet done, failed or dead-lettered, per channel, since the "
-        "services started. Steady growth while traffic is flat means orders are stuck.",
+        "Orders accepted and not yet done, failed or dead-lettered, per channel (journey "
+        "sweeper). Steady growth while traffic is flat means orders are stuck.",
         "short",
-        [Target(f'clamp_min(sum by (channel) ({TRANSITIONS}{sel("accepted")}) - '
-                f'sum by (channel) ({TRANSITIONS}{sel(stages=terminal)}), 0)',
-                "{{channel}}")],
+        [Target(f"sum by (channel) ({journey(IN_STAGE)})", "{{channel}}")],
         w=12, thresholds=above(p.queue_backlog_messages)))
+    b.add(timeseries(
+        "Oldest order per stage",
+        "How long the oldest unfinished order has been at each stage, by channel. A line that "
+        "climbs steadily is an order that does not move; it turns stuck, then lost, at the "
+        "stage's deadlines (OBSKIT_STAGE_DEADLINES).",
+        "s",
+        [Target(journey(OLDEST), "{{channel}} {{stage}}")], w=24))
+
+    b.row("Stuck and lost")
+    b.add(timeseries(
+        "Stuck orders",
+        EMPTY_WHILE_HEALTHY + "orders past their stage's stuck deadline, by stage and channel "
+        "(alert OrdersStuck). `obskit orders stuck` lists them with their trace ids.",
+        "short",
+        [Target(f"{journey(STUCK)} > 0", "{{channel}} {{stage}}")]),
+        expect="empty_while_healthy")
+    b.add(timeseries(
+        "Lost orders",
+        EMPTY_WHILE_HEALTHY + "orders past their stage's lost deadline and not finished: they "
+        "will not move by themselves (alert OrdersLost pages). `obskit orders lost` lists them.",
+        "short",
+        [Target(f"{journey(LOST)} > 0", "{{channel}} {{stage}}")],
+        thresholds=above(1)), expect="empty_while_healthy")
+    b.add(timeseries(
+        "Orders declared lost",
+        EMPTY_WHILE_HEALTHY + "orders the sweeper declared lost, each counted once, by the stage "
+        "where they stopped. Stays in history after the orders are dealt with.",
+        "short",
+        [Target(f"sum by (stage, channel) (increase({DECLARED_LOST}"
+                f"{p.sel(match('channel', '$channel'))}[$__rate_interval]))",
+                "{{channel}} {{stage}}")], bars=True), expect="empty_while_healthy")
+    b.add(timeseries(
+        "Orders processed twice",
+        EMPTY_WHILE_HEALTHY + "orders that reached a stage they had reached before: a message "
+        "redelivered after a crash or published twice (alert OrdersProcessedTwice).",
+        "short",
+        [Target(f"sum by (stage, channel) (increase({REPEATED}"
+                f"{p.sel(match('channel', '$channel'))}[$__rate_interval]))",
+                "{{channel}} {{stage}}")], bars=True), expect="empty_while_healthy")
 
     b.row("Latency")
     done = sel("done")
@@ -102,6 +148,15 @@ def build(p: Params) -> Board:
         [Target(f"histogram_quantile(0.95, sum by (le, stage) (rate({AGE}_bucket"
                 f"{sel()}[$__rate_interval])))", "{{stage}}", exemplar=True)],
         thresholds=above(p.accept_to_done_p95_seconds)))
+    b.add(timeseries(
+        "Time spent in each stage (p95)",
+        f"p95 time orders spend at a stage before reaching the next one, from their journeys. "
+        f"The dashed line is the slow-stage threshold ({p.mes_stage_p95_seconds:g} s, parameter "
+        "mes_stage_p95_seconds; alert OrderStageSlow).",
+        "s",
+        [Target(f"histogram_quantile(0.95, sum by (le, stage) (rate({STAGE_DURATION}_bucket"
+                f"{p.sel(match('channel', '$channel'))}[$__rate_interval])))", "{{stage}}")],
+        thresholds=above(p.mes_stage_p95_seconds), w=24))
 
     b.row("Stops")
     b.add(timeseries(
