@@ -10,7 +10,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from orderflow.config import Settings
+from orderflow.config import ENV_FAULTS, Settings
+from orderflow.faults import FAULTS
 
 #: Default of ``orderflow all --metrics-port`` (a CLI default, like ``--port``, not a setting of
 #: the services themselves).
@@ -21,8 +22,8 @@ def _serve(service: str, body: Callable[[Settings, asyncio.Event], Awaitable[Non
     """Run one long-lived service until SIGTERM/SIGINT, with obskit initialised."""
     import obskit
 
-    obskit.init(service)
     settings = Settings()
+    obskit.init(service, journey_url=settings.journey_url)
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -66,7 +67,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import obskit
 
-    obskit.init("ingress")
+    obskit.init("ingress", journey_url=Settings().journey_url)
     import uvicorn
 
     from orderflow.api.app import create_app
@@ -99,8 +100,12 @@ def cmd_all(args: argparse.Namespace) -> int:
     import obskit
 
     obskit.init("orderflow-supervisor")
-    from orderflow import migrations, supervisor
+    from orderflow import faults, migrations, supervisor
 
+    # The children that apply them log it and set the gauge; this is for the one reading stderr.
+    if on := faults.announce("*", metric=False):
+        print(f"orderflow: FAULT INJECTION ON ({faults.format_spec(on)}): orders are lost or "
+              "stalled on purpose", file=sys.stderr, flush=True)
     migrations.upgrade(Settings().database_url)
     return supervisor.run(port=args.port, host=args.host, mes_workers=args.mes_workers,
                           mes_concurrency=args.concurrency, metrics_port=args.metrics_port,
@@ -111,11 +116,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from orderflow import demo
 
     summary = demo.run(duration=args.duration, rate=args.rate, port=args.port,
-                       quiet=args.json)
+                       quiet=args.json, faults=dict(args.fault or ()))
     if args.json:
         print(json.dumps(summary))
     else:
         print(demo.format_summary(summary))
+    # Orders stuck by a fault are in a known state: lost on purpose, not unaccounted for.
     return 0 if summary["unaccounted"] == 0 else 1
 
 
@@ -189,18 +195,19 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("api", help="run the ingress (shop API, open API, order status)")
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--host", default="127.0.0.1")
-    a.set_defaults(func=cmd_api)
+    a.set_defaults(func=cmd_api, faults=True)
 
-    sub.add_parser("relay", help="run the CRM outbox relay").set_defaults(func=cmd_relay)
+    sub.add_parser("relay", help="run the CRM outbox relay").set_defaults(func=cmd_relay,
+                                                                         faults=True)
     sub.add_parser("status", help="run the CRM consumer of MES status events"
-                   ).set_defaults(func=cmd_status)
+                   ).set_defaults(func=cmd_status, faults=True)
 
     m = sub.add_parser("mes", help="run an MES worker (run as many as the load needs)")
     m.add_argument("--concurrency", type=int, default=8,
                    help="orders in progress at once per queue (default 8)")
     m.add_argument("--worker-id", default=None, help="name in logs and history "
                    "(default host:pid)")
-    m.set_defaults(func=cmd_mes)
+    m.set_defaults(func=cmd_mes, faults=True)
 
     al = sub.add_parser("all", help="run api, relay, status consumer and MES workers together")
     al.add_argument("--port", type=int, default=8000)
@@ -220,15 +227,28 @@ def parser() -> argparse.ArgumentParser:
     al.add_argument("--targets-host", default="host.docker.internal",
                     help="host Prometheus reaches the processes at (default "
                          "host.docker.internal: the bundle's Prometheus in docker)")
-    al.set_defaults(func=cmd_all)
+    al.set_defaults(func=cmd_all, faults=True)
 
     d = sub.add_parser("demo", help="run everything, send a mix of orders, print a summary")
     d.add_argument("--duration", type=float, required=True, help="seconds of sending")
     d.add_argument("--rate", type=float, default=10.0, help="orders per second (default 10)")
     d.add_argument("--port", type=int, default=0, help="ingress port (default: a free one)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
-    d.set_defaults(func=cmd_demo)
+    d.add_argument("--fault", action="append", type=_fault, metavar="NAME[=RATE]",
+                   help="lose or stall orders on purpose (repeatable; added to "
+                        f"{ENV_FAULTS}): {', '.join(FAULTS)}; RATE = share of orders, 0..1 "
+                        "(docs/orderflow.md, Faults on purpose)")
+    d.set_defaults(func=cmd_demo, faults=True)
     return p
+
+
+def _fault(text: str) -> tuple[str, float]:
+    from orderflow import faults
+
+    try:
+        return faults.parse_one(text)
+    except faults.FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
@@ -247,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "targets_file", None) and args.metrics_port is None:
         p.error(f"--targets-file needs --metrics-port (or {ENV_METRICS_PORT}): without it the "
                 "processes have no metrics ports of their own")
+    if getattr(args, "faults", False):  # a typo must not start a group that injects nothing
+        from orderflow import faults
+
+        try:
+            faults.load()
+        except faults.FaultSpecError as exc:
+            p.error(str(exc))
     return int(args.func(args) or 0)
 
 

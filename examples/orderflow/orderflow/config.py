@@ -27,6 +27,12 @@ ENV_DASHBOARD_HOT_TTL = "ORDERFLOW_DASHBOARD_HOT_TTL"
 ENV_DASHBOARD_INVALIDATE_INTERVAL = "ORDERFLOW_DASHBOARD_INVALIDATE_INTERVAL"
 ENV_DASHBOARD_GENERATION_POLL = "ORDERFLOW_DASHBOARD_GENERATION_POLL"
 ENV_DASHBOARD_MAX_STALE = "ORDERFLOW_DASHBOARD_MAX_STALE"
+ENV_QUEUE_POLL_INTERVAL = "ORDERFLOW_QUEUE_POLL_INTERVAL"
+ENV_FAULTS = "ORDERFLOW_FAULTS"
+ENV_FAULT_STALL_SECONDS = "ORDERFLOW_FAULT_STALL_SECONDS"
+ENV_FAULT_SLOW_SECONDS = "ORDERFLOW_FAULT_SLOW_SECONDS"
+#: obskit's own variable, read here only to pass orderflow's Redis as its default.
+ENV_JOURNEY_URL = "OBSKIT_JOURNEY_URL"
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orderflow"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -115,10 +121,30 @@ class Settings:
     dashboard_max_stale: float = field(
         default_factory=lambda: float(_env(ENV_DASHBOARD_MAX_STALE, "5.0")))
 
+    #: ``ORDERFLOW_QUEUE_POLL_INTERVAL``: seconds between the relay's reads of queue depths and
+    #: consumers from the management API (``messaging_queue_messages``; 15).
+    queue_poll_interval: float = field(
+        default_factory=lambda: float(_env(ENV_QUEUE_POLL_INTERVAL, "15")))
+
+    #: ``ORDERFLOW_FAULTS``: faults injected on purpose, ``NAME[=RATE],...`` (``orderflow.faults``;
+    #: docs/orderflow.md "Faults on purpose"). Default: none.
+    faults: str = field(default_factory=lambda: _env(ENV_FAULTS, ""))
+    #: ``ORDERFLOW_FAULT_STALL_SECONDS``: how long the ``mes-stall`` fault holds an order (3600).
+    fault_stall_seconds: float = field(
+        default_factory=lambda: float(_env(ENV_FAULT_STALL_SECONDS, "3600")))
+    #: ``ORDERFLOW_FAULT_SLOW_SECONDS``: seconds the ``slow-mes`` fault adds to each MES stage (5).
+    fault_slow_seconds: float = field(
+        default_factory=lambda: float(_env(ENV_FAULT_SLOW_SECONDS, "5")))
+
+    #: ``OBSKIT_JOURNEY_URL``: the Redis of obskit's order journey store; default: ``redis_url``.
+    journey_url: str = ""
+
     def __post_init__(self) -> None:
         if not self.read_database_url:
             object.__setattr__(self, "read_database_url",
                                _env(ENV_READ_DATABASE_URL, self.database_url))
+        if not self.journey_url:
+            object.__setattr__(self, "journey_url", _env(ENV_JOURNEY_URL, self.redis_url))
 
 
 def load() -> Settings:

@@ -4,6 +4,10 @@ The mix: web-shop (B2C) and partner (B2B) orders, a few invalid ones (rejected w
 stored), a few unprintable ones (they end ``failed``), and bursts from a partner whose key has a
 low limit (some get 429). After sending, it waits for in-flight orders to finish and checks every
 accepted order in the database: ``unaccounted`` (accepted but in no known state) must be 0.
+
+With faults on (``--fault``, ``ORDERFLOW_FAULTS``) some orders stop on purpose: the demo stops
+waiting once no order has moved for a while, and reports them as ``lost_on_purpose`` with the
+status each stopped at. They are in a known state, so they are not ``unaccounted``.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import psycopg
 
 from orderflow import crm, db, migrations
-from orderflow.config import Settings
+from orderflow.config import ENV_FAULTS, Settings
+from orderflow.faults import active as active_faults
+from orderflow.faults import format_spec
 from orderflow.statuses import RANK, STATUSES, TERMINAL
 
 MATERIALS = ("PLA", "ABS", "PETG", "RESIN")
 QUALITIES = ("draft", "standard", "fine")
+#: With faults on: stop waiting for in-flight orders after this long without any status change
+#: (the ``slow-mes`` fault adds its seconds per stage).
+QUIET_SECONDS = 10.0
 INVALID = (
     {"customer_email": "not-an-email", "quantity": 1},
     {"customer_email": "x@example.com", "quantity": 0,
@@ -153,12 +163,14 @@ def _states(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT o.order_id::text, o.status,"
-            " EXTRACT(EPOCH FROM (d.at - a.at)) * 1000 AS latency_ms"
+            " EXTRACT(EPOCH FROM (d.at - a.at)) * 1000 AS latency_ms,"
+            " EXISTS (SELECT 1 FROM order_status_history r WHERE r.order_id = o.order_id"
+            " AND r.duplicates > 0) AS repeated"
             " FROM orders o"
             " LEFT JOIN order_status_history a ON a.order_id = o.order_id AND a.status = 'accepted'"
             " LEFT JOIN order_status_history d ON d.order_id = o.order_id AND d.status = 'done'"
             " WHERE o.order_id = ANY(%s::uuid[])", (ids,)).fetchall()
-    return {r[0]: {"status": r[1], "latency_ms": r[2]} for r in rows}
+    return {r[0]: {"status": r[1], "latency_ms": r[2], "repeated": r[3]} for r in rows}
 
 
 def _cache_hit_ratio(base: str) -> float:
@@ -183,8 +195,11 @@ def _log(quiet: bool, msg: str) -> None:
 
 
 def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = False,
-        drain_timeout: float | None = None) -> dict[str, Any]:
+        drain_timeout: float | None = None,
+        faults: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """``faults`` are added to ``ORDERFLOW_FAULTS`` (a name in both: ``faults`` wins)."""
     settings = Settings()
+    on = {**active_faults(), **(faults or {})}
     migrations.upgrade(settings.database_url)
     partner_key, burst_key = asyncio.run(_keys(settings))
     port = port or _free_port()
@@ -194,6 +209,10 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
     # the bursting partner is what trips.
     env.setdefault("ORDERFLOW_RATE_LIMIT_B2C", f"{max(100, int(rate * 10))}/second")
     env.setdefault("ORDERFLOW_RATE_LIMIT_B2B_IP", f"{max(200, int(rate * 20))}/second")
+    if on:
+        env[ENV_FAULTS] = format_spec(on)
+        _log(quiet, f"demo: FAULT INJECTION ON ({env[ENV_FAULTS]}): orders will be lost or "
+                    "stalled on purpose")
     log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"orderflow-demo-{port}.log")
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed below
     group = subprocess.Popen([sys.executable, "-P", "-m", "orderflow.cli", "all", "--port",
@@ -218,12 +237,20 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
         ids = list(traffic.accepted)
         _log(quiet, f"demo: {len(ids)} accepted; waiting for in-flight orders")
         wait_until = time.monotonic() + (drain_timeout or max(30.0, duration * 2))
+        # Orders stopped by a fault never finish: with faults on, "no order moved for a while"
+        # ends the wait too.
+        quiet_for = QUIET_SECONDS + (settings.fault_slow_seconds if "slow-mes" in on else 0.0)
         states = _states(settings.database_url, ids)
+        moved_at = time.monotonic()
         while time.monotonic() < wait_until:
             if all(states.get(i, {}).get("status") in TERMINAL for i in ids):
                 break
+            if on and time.monotonic() - moved_at > quiet_for:
+                break
             time.sleep(0.5)
-            states = _states(settings.database_url, ids)
+            before, states = states, _states(settings.database_url, ids)
+            if any(before.get(i, {}).get("status") != st["status"] for i, st in states.items()):
+                moved_at = time.monotonic()
         cache_ratio = _cache_hit_ratio(base)
     finally:
         group.send_signal(signal.SIGTERM)
@@ -236,12 +263,14 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
     counts = {s: 0 for s in STATUSES}
     unaccounted: list[str] = []
     latencies: list[float] = []
+    repeated = 0
     for oid in ids:
         st = states.get(oid)
         if st is None or st["status"] not in RANK:
             unaccounted.append(oid)
             continue
         counts[st["status"]] += 1
+        repeated += bool(st["repeated"])
         if st["latency_ms"] is not None:
             latencies.append(float(st["latency_ms"]))
     in_flight = sum(n for s, n in counts.items() if s not in TERMINAL)
@@ -263,13 +292,28 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
         "accepted_per_second": round(len(ids) / send_seconds, 1) if send_seconds else None,
         "transport_errors": len(traffic.errors),
         "unaccounted_order_ids": unaccounted[:20],
+        "faults": on,
+        # Known states, so not unaccounted: where the faults stopped them.
+        "lost_on_purpose": in_flight if on else 0,
+        "stuck_by_status": {s: n for s, n in counts.items() if n and s not in TERMINAL},
+        "processed_twice": repeated,
     }
 
 
 def format_summary(s: dict[str, Any]) -> str:
     lat = s["latency_ms"]
     ok = "OK" if s["unaccounted"] == 0 else "ORDERS UNACCOUNTED FOR"
+    lines = []
+    if s.get("faults"):
+        stuck = ", ".join(f"{st} {n}" for st, n in s["stuck_by_status"].items()) or "none"
+        lines += [
+            f"FAULTS ON         {format_spec(s['faults'])}   (docs/orderflow.md: Faults on "
+            "purpose)",
+            f"lost_on_purpose   {s['lost_on_purpose']}   stopped at: {stuck}",
+            f"processed_twice   {s['processed_twice']}",
+        ]
     return "\n".join([
+        *lines,
         f"accepted          {s['accepted']}  (b2c {s['by_channel']['b2c']}, "
         f"b2b {s['by_channel']['b2b']})",
         f"completed         {s['completed']}",

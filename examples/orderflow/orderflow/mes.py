@@ -27,7 +27,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 import obskit
-from orderflow import db, messaging, pricing
+from orderflow import db, faults, messaging, pricing
 from orderflow.batching import BatchWriter
 from orderflow.config import Settings
 from orderflow.statuses import TERMINAL
@@ -47,6 +47,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.processed: BatchWriter[str] = BatchWriter("mes_processed", self._mark_processed)
         self.handled = 0
+        self._stalls: set[asyncio.Task[Any]] = set()
+        self._stalls_ended = False
 
     async def _mark_processed(self, message_ids: list[str]) -> None:
         async with self.write_pool.connection() as conn:
@@ -102,8 +104,13 @@ class Worker:
             self.handled += 1
 
     async def _produce(self, order: dict[str, Any]) -> None:
+        order_id = str(order["order_id"])
         delay = self.settings.mes_stage_delay
+        if faults.hit("slow-mes", order_id):
+            delay += self.settings.fault_slow_seconds
         await self.emit(order, "received")
+        if faults.hit("mes-ack-drop", order_id):
+            return  # acknowledged by the caller, never worked on
         model = order["model"]
         try:
             q = pricing.quote(float(model["volume_cm3"]), model["material"], model["quality"],
@@ -115,12 +122,32 @@ class Worker:
             raise messaging.PermanentError(f"order cannot be priced: {exc!r}") from exc
         await self.emit(order, "priced", price=str(q.price), currency=q.currency,
                         print_minutes=q.print_minutes)
+        if faults.hit("mes-stall", order_id):
+            await self._stall()
         await asyncio.sleep(delay)
         await self.emit(order, "scheduled")
         await asyncio.sleep(delay)
         await self.emit(order, "printing")
         await asyncio.sleep(delay)  # the print itself, compressed
         await self.emit(order, "done")
+
+    async def _stall(self) -> None:
+        """The mes-stall fault: hang like a call without a timeout, holding the message.
+        ``end_stalls`` cuts it short at shutdown, as a kill would: the message goes back."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._stalls.add(task)
+        try:
+            if self._stalls_ended:
+                task.cancel()
+            await asyncio.sleep(self.settings.fault_stall_seconds)
+        finally:
+            self._stalls.discard(task)
+
+    def end_stalls(self) -> None:
+        self._stalls_ended = True
+        for task in self._stalls:
+            task.cancel()  # the consumer nacks its message back to the queue
 
 
 async def main(settings: Settings, stop: asyncio.Event, *, concurrency: int = 8,
@@ -139,11 +166,17 @@ async def main(settings: Settings, stop: asyncio.Event, *, concurrency: int = 8,
     for c in consumers:
         await c.start()
     _log.info("mes worker started", worker=worker.worker_id, concurrency=concurrency)
+    faults.announce("mes")
     try:
         await stop.wait()
     finally:
-        for c in consumers:
-            await c.stop()
+        stopping = asyncio.gather(*(c.stop() for c in consumers))
+        # One turn of the loop: each consumer's stop() has begun and refuses new deliveries
+        # (obskit sets that before its first await), so a stalled order cancelled now goes
+        # back to the queue and is not taken again here.
+        await asyncio.sleep(0)
+        worker.end_stalls()
+        await stopping
         await worker.processed.stop()
         await publisher.close()
         await db.close_pools(write_pool, read_pool)

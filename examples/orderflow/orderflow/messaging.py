@@ -88,7 +88,7 @@ def depth_poller(settings: Settings) -> QueueDepthPoller:
     (``OBSKIT_RABBITMQ_MANAGEMENT_URL``)."""
     return QueueDepthPoller(vhost=vhost_of(settings.rabbitmq_url),
                             patterns=(f"{ORDERS_EXCHANGE}.*", f"{STATUS_EXCHANGE}.*"),
-                            interval=15.0)
+                            interval=settings.queue_poll_interval)
 
 
 def consumer(settings: Settings, queue: QueueSpec, handler: Any, *, prefetch: int,

@@ -23,11 +23,12 @@ from psycopg_pool import AsyncConnectionPool
 
 import obskit
 from obskit import propagation
-from orderflow import crm, db, events, messaging
+from orderflow import crm, db, events, faults, messaging
 from orderflow.config import Settings
 from orderflow.migrations import OUTBOX_CHANNEL
 
 BATCH = 200
+PUBLISHED, FAILED, DROPPED = "published", "failed", "dropped"  # outcomes of one outbox row
 SAFETY_NET_SECONDS = 5.0
 _log = obskit.get_logger("orderflow.relay")
 OUTBOX_PENDING = Gauge("orderflow_outbox_pending", "Outbox rows not yet published (sampled by "
@@ -42,25 +43,36 @@ class Relay:
         self.publisher = publisher
         self.published = 0
 
-    async def _publish(self, row: dict[str, Any]) -> bool:
+    async def _publish(self, row: dict[str, Any]) -> str:
+        """``PUBLISHED``, ``FAILED`` (kept for a retry) or ``DROPPED`` (the relay-drop fault)."""
         payload = row["payload"]
+        order_id = str(row["order_id"])
         # Continue the HTTP request's trace: its context was stored with the row.
         with propagation.attached(row["headers"] or {}), \
-                obskit.order_context(str(row["order_id"]), row["routing_key"]):
+                obskit.order_context(order_id, row["routing_key"]):
+            if faults.hit("relay-drop", order_id):
+                return DROPPED  # deleted as if confirmed; nothing sent, nothing recorded
+            body = faults.poisoned(payload) if faults.hit("poison", order_id) else payload
             try:
-                await self.publisher.publish(row["exchange"], row["routing_key"], payload,
-                                             message_id=row["message_id"])
+                await self.publisher.publish(row["exchange"], row["routing_key"], body,
+                                             message_id=row["message_id"],
+                                             content_type="application/json")
+                if faults.hit("duplicate", order_id):
+                    await self.publisher.publish(row["exchange"], row["routing_key"], body,
+                                                 message_id=row["message_id"],
+                                                 content_type="application/json")
             except Exception as exc:
                 _log.error("outbox publish failed; will retry", error=repr(exc),
                            attempts=row["attempts"] + 1)
                 row["error"] = repr(exc)[:500]
-                return False
+                return FAILED
             row["confirmed_at"] = datetime.now(UTC)
             obskit.record_stage("published", accepted_at=payload.get("accepted_at"))
-            return True
+            return PUBLISHED
 
     async def drain_once(self) -> tuple[int, int]:
-        """Publish one batch; returns ``(claimed, published)``."""
+        """Publish one batch; returns ``(claimed, done)``: rows published (or dropped by the
+        relay-drop fault) and deleted."""
         async with self.pool.connection() as conn, conn.transaction():
             rows = await (await conn.execute(
                 "SELECT id, order_id, exchange, routing_key, message_id, payload, headers,"
@@ -69,11 +81,12 @@ class Relay:
             if not rows:
                 return 0, 0
             results = await asyncio.gather(*(self._publish(r) for r in rows))
-            ok = [r for r, good in zip(rows, results, strict=True) if good]
-            bad = [r for r, good in zip(rows, results, strict=True) if not good]
+            ok = [r for r, res in zip(rows, results, strict=True) if res == PUBLISHED]
+            bad = [r for r, res in zip(rows, results, strict=True) if res == FAILED]
+            gone = [r["id"] for r, res in zip(rows, results, strict=True) if res != FAILED]
+            if gone:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (gone,))
             if ok:
-                await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)",
-                                   ([r["id"] for r in ok],))
                 changes = await crm.record_statuses(conn, [
                     crm.StatusEvent(str(r["order_id"]), "published", r["confirmed_at"])
                     for r in ok])
@@ -85,7 +98,7 @@ class Relay:
             channel_of = {str(r["order_id"]): r["routing_key"] for r in ok}
             await events.status_changed([{**c, "channel": channel_of.get(c["order_id"])}
                                          for c in changes])
-        return len(rows), len(ok)
+        return len(rows), len(gone)
 
     async def pending(self) -> int:
         async with self.pool.connection() as conn:
@@ -101,11 +114,11 @@ class Relay:
         last_gauge = 0.0
         try:
             while not stop.is_set():
-                claimed, published = await self.drain_once()
+                claimed, done = await self.drain_once()
                 if time.monotonic() - last_gauge > 5:
                     OUTBOX_PENDING.set(await self.pending())
                     last_gauge = time.monotonic()
-                if claimed and published == claimed:
+                if claimed and done == claimed:
                     backoff = 0.0
                     if claimed == BATCH:
                         continue  # more waiting: don't sleep
@@ -114,11 +127,27 @@ class Relay:
                     await _sleep_or_stop(stop, backoff)
                     continue
                 # Empty: sleep until a commit NOTIFYs us (or the safety net / stop).
-                gen = listener.notifies(timeout=SAFETY_NET_SECONDS, stop_after=1)
-                async for _ in gen:
-                    pass
+                await _notified_or_stop(listener, stop)
         finally:
             await listener.close()
+
+
+async def _notified_or_stop(listener: psycopg.AsyncConnection[Any],
+                            stop: asyncio.Event) -> None:
+    async def notified() -> None:
+        async for _ in listener.notifies(timeout=SAFETY_NET_SECONDS, stop_after=1):
+            pass
+
+    waiting = asyncio.ensure_future(notified())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((waiting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()  # on stop: the listener is closed next
+        stopped.cancel()
+        await asyncio.gather(waiting, stopped, return_exceptions=True)
+    if not waiting.cancelled():
+        waiting.result()  # a lost connection raises here, as before
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -136,6 +165,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     events.load_plugins()
     poller = messaging.depth_poller(settings)  # one poller per group: the relay hosts it
     poller.start()
+    faults.announce("relay")
     try:
         await Relay(settings, pool, publisher).run(stop)
     finally:

@@ -95,6 +95,7 @@ def env() -> Iterator[dict[str, str]]:
         "ORDERFLOW_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "ORDERFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
         "ORDERFLOW_REDIS_PREFIX": f"orderflow-test-{run}",
+        "OBSKIT_JOURNEY_PREFIX": f"orderflow-test-{run}-journey",
         "ORDERFLOW_MES_STAGE_DELAY": "0.02",
         "ORDERFLOW_RETRY_DELAYS": "0.5",
         "ORDERFLOW_TRUSTED_PROXIES": "127.0.0.1",  # tests pick client IPs with X-Forwarded-For
