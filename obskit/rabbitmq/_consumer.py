@@ -216,14 +216,18 @@ class Consumer:
             # On the aiormq channel under aio-pika's: no IncomingMessage and no second task per
             # delivery (see _incoming.py); generic aio-pika instrumentation never sees it.
             underlay = await channel.get_underlay_channel()
+            # Set before consuming: a delivery can arrive before basic_consume returns, and its
+            # retry or dead letter goes out on this channel.
+            self._connection, self._channel, self._queue = connection, channel, queue
+            self._lost = lost
             tag = (await underlay.basic_consume(self.spec.name, self._on_message)).consumer_tag
             if tag is None:
                 raise RuntimeError("the broker returned no consumer tag")
         except BaseException:
+            self._connection = self._channel = self._queue = None
             await connection.close()
             raise
-        self._connection, self._channel, self._queue, self._tag = connection, channel, queue, tag
-        self._lost = lost
+        self._tag = tag
 
     async def _supervise(self) -> None:
         while not self._stopping:
