@@ -37,14 +37,14 @@ class Result(NamedTuple):
     error: str = ""
 
 
-def _render(out: Path, group: OrderflowAll, am_port: int,
-            prom_port: int) -> tuple[Path, Path, list[Query]]:
+def _render(out: Path, group: OrderflowAll, am_port: int, prom_port: int,
+            extra: list[str] | None = None) -> tuple[Path, Path, list[Query]]:
     """The bundle with every address on this machine; (prometheus.yml, alertmanager.yml, the
     dashboards' PromQL queries)."""
     config_dir = out / "platform" / "prometheus"
     unused = "127.0.0.1:{}"  # the collector, Tempo, Loki, Grafana: not running beside the test
     targets = [f"{svc if svc == inst else f'{svc}/{inst}'}=127.0.0.1:{group.metrics_base + i}"
-               for i, (inst, svc) in enumerate(GROUP)]
+               for i, (inst, svc) in enumerate(GROUP[:3 + group.mes_workers])]
     params = parse_overrides([
         f"prometheus_config_dir={config_dir}",
         f"prometheus_address=127.0.0.1:{prom_port}",
@@ -56,8 +56,11 @@ def _render(out: Path, group: OrderflowAll, am_port: int,
         f"grafana_address={unused.format(_free_port())}",
         f"targets={','.join(targets)}",
         "scrape_interval=1s",
+        *(extra or []),
     ])
     render(out, params)
+    # Compose mounts ./alerts at <prometheus_config_dir>/alerts; here a link does it.
+    (config_dir / "alerts").symlink_to(out / "alerts", target_is_directory=True)
     queries = [q for q in all_queries(params) if q.lang == "promql"]
     return config_dir / "prometheus.yml", out / "alerts/alertmanager.yml", queries
 
@@ -162,8 +165,9 @@ def test_every_dashboard_query_returns_data_on_a_live_platform(env: dict[str, st
             trace_ids = {x["labels"]["trace_id"] for series in exemplars
                          for x in series["exemplars"]}
             alertmanagers = prom.alertmanagers()
-            broken_rules = [(r["name"], r["lastError"]) for g in prom.rules()
-                            for r in g["rules"] if r.get("health") == "err"]
+            rules = [r for g in prom.rules() for r in g["rules"]]
+            broken_rules = [(r["name"], r["lastError"]) for r in rules
+                            if r.get("health") == "err"]
             # One scrape can miss its 1 s timeout on a loaded machine: down means down for 10 s.
             for _ in range(20):
                 down = [(t["labels"], t["lastError"]) for t in prom.targets()
@@ -179,4 +183,5 @@ def test_every_dashboard_query_returns_data_on_a_live_platform(env: dict[str, st
     assert trace_ids and all(len(t) == 32 for t in trace_ids), exemplars
     assert f"http://127.0.0.1:{am_port}/api/v2/alerts" in alertmanagers, alertmanagers
     assert not down, down
+    assert len(rules) >= 20, "the bundle's alerts/*.rules.yml were not loaded"
     assert not broken_rules, broken_rules

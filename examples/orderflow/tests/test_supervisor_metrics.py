@@ -65,7 +65,8 @@ def isolated_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
         e = {k: v for k, v in env.items() if k != "OTEL_SDK_DISABLED"}
         e.update({"OBSKIT_SPANS_FILE": "off", "ORDERFLOW_DATABASE_URL": own.dsn,
                   "ORDERFLOW_READ_DATABASE_URL": own.dsn, "ORDERFLOW_RABBITMQ_URL": own.amqp_url,
-                  "ORDERFLOW_REDIS_PREFIX": f"orderflow-metrics-{own.run}"})
+                  "ORDERFLOW_REDIS_PREFIX": f"orderflow-metrics-{own.run}",
+                  "OBSKIT_JOURNEY_PREFIX": f"orderflow-metrics-{own.run}-journey"})
         e.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         yield e
 
@@ -78,6 +79,7 @@ class OrderflowAll:
                  concurrency: int = 2) -> None:
         self.env = env
         self.port = _free_port()
+        self.mes_workers = mes_workers
         self.metrics_base = free_port_range(3 + mes_workers)
         self.base = f"http://127.0.0.1:{self.port}"
         self.dsn = env["ORDERFLOW_DATABASE_URL"]

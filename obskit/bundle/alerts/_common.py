@@ -34,6 +34,17 @@ PERCENT = "{{ $value | humanizePercentage }}"
 SECONDS = "{{ $value | humanizeDuration }}"
 
 
+def grew(series: str, by: str, window: str) -> str:
+    """``sum by (by)`` of how much the counter ``series`` grew over ``window``.
+
+    A counter whose labels are first known at its first increment (an order's stage, an error
+    reason) is born with its value already above 0: ``increase()`` has no earlier sample and
+    never sees that first burst. So a series that did not exist ``window`` ago counts with its
+    whole value. (Right after Prometheus starts, every counter looks new for one window.)"""
+    return (f"sum by ({by}) ((increase({series}[{window}]) > 0) "
+            f"or ({series} unless {series} offset {window}))")
+
+
 def duration(seconds: float) -> str:
     """Seconds as a Prometheus duration: ``3600`` -> ``1h``, ``90`` -> ``1m30s``, ``0.5`` ->
     ``500ms`` (whole milliseconds, rounded up so a clamped window stays above its floor)."""

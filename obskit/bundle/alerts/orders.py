@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from obskit.bundle._params import Params
 
-from ._common import COUNT, VALUE, Alert, Group, Timing, label
+from ._common import COUNT, VALUE, Alert, Group, Timing, grew, label
 
 FILE = "orders.rules.yml"
 LOST = "obskit_orders_lost"
@@ -39,7 +39,7 @@ def groups(p: Params) -> list[Group]:
             meaning="orders past their stage's stuck deadline, not yet lost"),
         Alert(
             "OrdersProcessedTwice", "warning",
-            f"sum by (stage, channel) (increase({REPEATED}{p.sel()}[{t.window('15m')}])) > 0",
+            f"{grew(REPEATED + p.sel(), 'stage, channel', t.window('15m'))} > 0",
             f"{COUNT} {channel} order(s) reached stage {stage} twice",
             f"{COUNT} {channel} order(s) reached stage {stage} again in the last "
             f"{t.window('15m')}: a message was processed twice (a redelivery after a crash, or "

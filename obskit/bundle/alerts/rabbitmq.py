@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from obskit.bundle._params import Params
 
-from ._common import COUNT, VALUE, Alert, Group, Timing, label
+from ._common import COUNT, VALUE, Alert, Group, Timing, grew, label
 
 FILE = "rabbitmq.rules.yml"
 DEPTH = "messaging_queue_messages"
@@ -73,8 +73,8 @@ def groups(p: Params) -> list[Group]:
             meaning="messages are being dead-lettered now"),
         Alert(
             "PublishesFailed", "warning",
-            f"sum by ({p.service_label}, exchange, routing_key, reason) (increase("
-            f"messaging_returned_total{p.sel()}[{t.window('10m')}])) > 0",
+            grew("messaging_returned_total" + p.sel(),
+                 f"{p.service_label}, exchange, routing_key, reason", t.window("10m")) + " > 0",
             f"{svc}: {COUNT} publish(es) to {label('exchange')} failed ({label('reason')})",
             f"The broker did not take {COUNT} message(s) that {svc} published to exchange "
             f"{label('exchange')} with routing key {label('routing_key')} in the last "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from obskit.bundle._params import Params
 
-from ._common import COUNT, RATE, Alert, Group, Timing, label
+from ._common import COUNT, RATE, Alert, Group, Timing, grew, label
 
 FILE = "telemetry.rules.yml"
 #: How old the last sweep may be: the sweeper runs every journey_sweep_interval (10 s by default)
@@ -57,8 +57,7 @@ def groups(p: Params) -> list[Group]:
                   "the collector cannot deliver to Tempo or Loki"),
         Alert(
             "JourneyHopsDropped", "warning",
-            f"sum by ({svc}, reason) (increase(obskit_journey_hops_dropped_total{journey}"
-            f"[{w10}])) > 0",
+            f"{grew('obskit_journey_hops_dropped_total' + journey, f'{svc}, reason', w10)} > 0",
             f"{label(svc)} dropped {COUNT} order hop(s) ({label('reason')})",
             f"{label(svc)} could not write {COUNT} order hop(s) to the journey store in the "
             f"last {w10} ({label('reason')}). Those orders' journeys miss a stage: they may be "
@@ -93,8 +92,7 @@ def groups(p: Params) -> list[Group]:
             meaning="nothing counts stuck and lost orders: the lost-order page cannot fire"),
         Alert(
             "MetricLabelSetsFolded", "warning",
-            f"sum by ({svc}, family) (increase(obskit_metrics_series_overflow_total{p.sel()}"
-            f"[{w15}])) > 0",
+            f"{grew('obskit_metrics_series_overflow_total' + p.sel(), f'{svc}, family', w15)} > 0",
             f"{label(svc)} folds {label('family')} label sets into __overflow__",
             f"The cardinality guard of {label(svc)} folded {COUNT} new label set(s) of "
             f"{label('family')} into __overflow__ in the last {w15}: a label takes unbounded "
