@@ -171,3 +171,19 @@ def test_a_forked_worker_writes_its_own_hops(prefix, store):
     state, hops = store.journey("forked")
     assert state.stage == "stored"
     assert hops[0].instance.endswith(f":{pid}")
+
+
+def test_hops_are_kept_whatever_the_trace_sampling(prefix, store):
+    from opentelemetry import trace
+
+    init(prefix, traces_sampler="always_off", journey_sweep=False)
+    tracer = trace.get_tracer("t")
+    with tracer.start_as_current_span("not sampled") as span:
+        assert not span.is_recording()
+        record("unsampled", "accepted", "stored")
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    assert journey.flush(5)
+    state, hops = store.journey("unsampled")
+    assert state.stage == "stored"
+    assert {h.trace_id for h in hops} == {trace_id}
+    assert {h.service for h in hops} == {"journey-test"}

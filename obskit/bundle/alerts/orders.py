@@ -25,8 +25,8 @@ def groups(p: Params) -> list[Group]:
             f"max by (stage, channel) ({LOST}{p.sel()}) > 0",
             f"{VALUE} {channel} order(s) lost at stage {stage}",
             f"{VALUE} {channel} order(s) have been at stage {stage} past its lost deadline: "
-            "they will not move by themselves. `obskit orders lost` lists them with their "
-            "trace ids.",
+            "they will not move by themselves. `obskit orders lost` lists them; "
+            "`obskit orders show ORDER_ID` gives the hop and trace of each.",
             meaning="orders past their stage's lost deadline: they will not move by themselves"),
         Alert(
             "OrdersStuck", "warning",
