@@ -91,12 +91,13 @@ def _opt_float(value: Any) -> float | None:
     return float(value)
 
 
-def _opt_url(value: Any) -> str | None:
+def _redis_url(value: Any) -> str | None:
     if value in (None, "") or str(value).strip().lower() == "off":
         return None
     v = str(value).strip()
-    if "://" not in v:
-        raise ValueError(f"expected a URL such as redis://127.0.0.1:6379/0, or off; got {v!r}")
+    if not v.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a Redis URL such as redis://127.0.0.1:6379/0 (or rediss://, "
+                         f"unix://), or off; got {v!r}")
     return v
 
 
@@ -210,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
            "tests. Off by default: a header per response costs a little."),
     Option("instrument_logging", "OBSKIT_INSTRUMENT_LOGGING", True, _bool,
            "Route standard-library `logging` records through obskit's pipeline."),
-    Option("journey_url", "OBSKIT_JOURNEY_URL", None, _opt_url,
+    Option("journey_url", "OBSKIT_JOURNEY_URL", None, _redis_url,
            "Redis URL of the order journey store, e.g. `redis://127.0.0.1:6379/0`: every "
            "`record_stage()` hop is kept there, so `obskit orders show ID` tells where an "
            "order is and the sweeper counts stuck and lost orders. Unset or `off`: no journeys."),

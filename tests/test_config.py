@@ -66,3 +66,20 @@ def test_docs_table_is_generated_from_the_options(repo_root):
     doc = (repo_root / "docs" / "configuration.md").read_text()
     assert markdown_table() in doc, "regenerate with: python -m obskit._config"
     assert len(OPTIONS) == len({o.name for o in OPTIONS}) == len({o.env for o in OPTIONS})
+
+
+def test_journey_options_parse_and_name_the_option_when_wrong():
+    s = resolve({"journey_url": "redis://127.0.0.1:6379/0", "journey_sweep_interval": "2s",
+                 "journey_retention": "3d", "stage_deadlines": "published=1m/10m"},
+                environ={})
+    assert s.journey_sweep_interval == 2 and s.journey_retention == 3 * 86400
+    assert s.stage_deadlines.for_stage("published", "b2c").lost == 600
+    assert resolve({}, environ={"OBSKIT_JOURNEY_URL": "off"}).journey_url is None
+    for opt, bad in (("journey_url", "http://redis:6379"), ("journey_sweep_interval", "soon"),
+                     ("stage_deadlines", "published=5m/1m"), ("journey_max_orders", "0")):
+        try:
+            resolve({opt: bad}, environ={})
+        except ValueError as exc:
+            assert opt in str(exc)
+        else:
+            raise AssertionError(f"{opt}={bad!r} was accepted")

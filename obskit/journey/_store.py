@@ -126,8 +126,7 @@ class StageCount:
     newly_lost: int
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     """What the store learnt from one hop: drives the per-stage duration and repeat metrics."""
 
     hop: Hop

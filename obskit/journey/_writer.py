@@ -15,7 +15,7 @@ from collections import deque
 
 from obskit._internal import internal_error
 from obskit.journey._store import Hop, JourneyStore, StoreUnavailable, WriteResult
-from obskit.metrics import Catalogue, observe_traced
+from obskit.metrics import Catalogue, Sums, observe_exemplar
 
 __all__ = ["JourneyWriter"]
 
@@ -45,6 +45,7 @@ class JourneyWriter:
         self._failing_since: float | None = None
         self._last_log = 0.0
         self._late = 0
+        self._sums = Sums()  # used by the writer thread only
 
     # --- caller side (any thread, hot path) ------------------------------------------------
     def submit(self, hop: Hop) -> None:
@@ -134,12 +135,18 @@ class JourneyWriter:
                          self.store.url.split("@")[-1], time.monotonic() - self._failing_since)
             self._failing_since = None
             self._late = 0
+        # Summed per batch (one locked inc per touched bucket, not three per hop); a bucket
+        # that may take an exemplar now gets this hop's trace.
+        sums = self._sums
         for r in results:
             if r.left_stage is not None:
-                observe_traced(cat.orders_stage_duration.labels(r.left_stage, r.channel),
-                               r.left_after, r.hop.trace_id)
+                child = cat.orders_stage_duration.labels(r.left_stage, r.channel)
+                trace_id = r.hop.trace_id
+                if trace_id is None or not observe_exemplar(child, r.left_after, trace_id):
+                    sums.observe(child, r.left_after)
             if r.repeated:
                 cat.orders_stage_repeated.labels(r.hop.stage, r.channel).inc()
+        sums.apply()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
