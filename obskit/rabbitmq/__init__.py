@@ -16,12 +16,19 @@ Needs the ``rabbitmq`` extra: ``pip install 'obskit[rabbitmq]'``. See docs/rabbi
 from ._audit import AuditReport, Finding, QueueAudit, audit
 from ._consumer import Consumer, Delivery, Handler, json_body
 from ._dlq import DeadLetter, DeadLetterQueues, ReplayResult, group_by_error
-from ._idempotency import Claim, IdempotencyGuard, PostgresIdempotency, RedisIdempotency
+from ._idempotency import (
+    Claim,
+    IdempotencyGuard,
+    InFlightElsewhere,
+    PostgresIdempotency,
+    RedisIdempotency,
+)
 from ._management import ManagementClient
 from ._poller import QueueDepthPoller
 from ._publisher import Publisher
 from ._topology import Flow, QueueSpec, Topology, declare, orders_topology
 from .errors import (
+    DependencyUnavailable,
     MessageParseError,
     PermanentError,
     PublishError,
@@ -36,11 +43,13 @@ __all__ = [
     "Consumer",
     "DeadLetter",
     "DeadLetterQueues",
+    "DependencyUnavailable",
     "Delivery",
     "Finding",
     "Flow",
     "Handler",
     "IdempotencyGuard",
+    "InFlightElsewhere",
     "ManagementClient",
     "MessageParseError",
     "PermanentError",

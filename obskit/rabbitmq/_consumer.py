@@ -53,7 +53,13 @@ from ._telemetry import (
     utc_now_iso,
 )
 from ._topology import QueueSpec
-from .errors import MessageParseError, PermanentError, PublishError, RetryableError
+from .errors import (
+    DependencyUnavailable,
+    MessageParseError,
+    PermanentError,
+    PublishError,
+    RetryableError,
+)
 
 __all__ = ["Consumer", "Delivery", "Handler", "json_body"]
 
@@ -426,11 +432,22 @@ class Consumer:
         error_type = type(exc).__name__
         permanent = _is_permanent(exc, self.permanent_errors)
         in_flight = isinstance(exc, InFlightElsewhere)
-        failed = failed_before if in_flight else attempt
-        retry = not permanent and (in_flight or failed < spec.max_attempts)
+        unavailable = isinstance(exc, DependencyUnavailable)
+        # Neither is the message's fault: retried without spending an attempt.
+        failed = failed_before if in_flight or unavailable else attempt
+        retry = not permanent and (in_flight or unavailable or failed < spec.max_attempts)
         now = utc_now_iso()
         new = {k: v for k, v in headers.items() if k not in H.BROKER_OWNED}
         new[H.ATTEMPT] = failed
+        outage = 0
+        if unavailable:
+            try:
+                outage = int(headers.get(H.UNAVAILABLE, 0) or 0) + 1
+            except (TypeError, ValueError):
+                outage = 1
+            new[H.UNAVAILABLE] = outage
+        else:
+            new.pop(H.UNAVAILABLE, None)
         new[H.ERROR_TYPE] = _qualname(exc)
         new[H.ERROR_MESSAGE] = str(exc)[:_MAX_ERROR_MESSAGE]
         new.setdefault(H.FIRST_FAILURE, now)
@@ -444,7 +461,8 @@ class Consumer:
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {exc}"[:200]))
             span.set_attribute(ATTR_ERROR_TYPE, error_type)
         if retry:
-            target_ex, target_rk = "", spec.retry_queue_for(max(failed, 1))
+            # An outage backs off through the tiers by its own count (the last tier repeats).
+            target_ex, target_rk = "", spec.retry_queue_for(max(outage or failed, 1))
         else:
             new[H.DEAD_LETTER_REASON] = "permanent" if permanent else "exhausted"
             new[H.DEAD_LETTERED_AT] = now
@@ -482,7 +500,8 @@ class Consumer:
             m = tm.metrics
             if retry:
                 m.msg_retried.labels(SYSTEM, spec.name, error_type).inc()
-                tm.log.warning("message failed, will retry", error_type=error_type,
+                tm.log.warning("dependency unavailable, will retry" if unavailable
+                               else "message failed, will retry", error_type=error_type,
                                error=str(exc)[:200], retry_queue=target_rk, **log_fields)
             else:
                 m.msg_dead_lettered.labels(SYSTEM, spec.name, error_type).inc()

@@ -21,6 +21,8 @@ SERVICE = "x-obskit-service"
 ORIGINAL_QUEUE = "x-obskit-original-queue"
 ORIGINAL_EXCHANGE = "x-obskit-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-obskit-original-routing-key"
+#: Consecutive retries because a dependency was down (``DependencyUnavailable``); not attempts.
+UNAVAILABLE = "x-obskit-unavailable"
 REPLAY_COUNT = "x-obskit-replay-count"
 REPLAYED_AT = "x-obskit-replayed-at"
 

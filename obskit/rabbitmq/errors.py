@@ -15,6 +15,8 @@ The tree::
     ├── PermanentError                never retry: dead-letter at once (validation, bad data)
     │   └── MessageParseError         the body did not parse
     └── RetryableError                retry with backoff (the default for any other exception)
+        └── DependencyUnavailable     a dependency is down: retry with backoff for as long as
+                                      it lasts, without spending an attempt
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "MessageParseError",
     "PermanentError",
+    "DependencyUnavailable",
     "ProcessingError",
     "PublishConnectionError",
     "PublishError",
@@ -108,3 +111,14 @@ class MessageParseError(PermanentError):
 
 class RetryableError(ProcessingError):
     """A transient failure: retry with backoff."""
+
+
+class DependencyUnavailable(RetryableError):
+    """A dependency (database, downstream service) is unreachable, not the message at fault.
+
+    The message goes through the retry tiers like any retry, but the attempt is not counted:
+    an outage longer than the retries sends nothing to the DLQ. Each consecutive unavailable
+    retry waits the next tier's delay (``x-obskit-unavailable`` counts them), up to the longest.
+    Raise it only for errors that say the dependency is down (connection refused, pool timeout),
+    never for errors a retry cannot fix, or the message loops until someone notices.
+    """

@@ -285,3 +285,34 @@ async def test_handler_may_use_aio_pika_message_and_settle_it_itself(url, vhost,
     assert "order.id=o-1" in str(seen[0][1])
     assert await queue_depth(mgmt, vhost, spec.name) == 0
     assert sample(registry, "messaging_acked_total", system="rabbitmq", queue="orders.b2c") == 3
+
+
+async def test_dependency_unavailable_retries_without_spending_attempts(
+        url, vhost, mgmt, topology, registry):
+    """An outage longer than max_attempts sends nothing to the DLQ; the message is applied once
+    the dependency is back, and it still has all its attempts for real failures."""
+    from obskit.rabbitmq import DependencyUnavailable
+
+    runs: list[tuple[int, Any]] = []
+    applied: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        runs.append((d.attempt, d.headers.get("x-obskit-unavailable")))
+        if len(runs) <= 6:  # twice max_attempts
+            raise DependencyUnavailable("database unreachable")
+        applied.append(d.data["order_id"])
+
+    spec = topology.queue("orders.b2c")
+    async with Publisher(url, registry=registry) as pub, \
+            Consumer(spec, handler, url=url, registry=registry):
+        await pub.publish("orders", "b2c", {"order_id": "o-9"}, order_id="o-9")
+        await wait_for(lambda: applied, what="the run after the outage", timeout=30)
+    assert applied == ["o-9"]
+    assert await queue_depth(mgmt, vhost, spec.dlq) == 0
+    assert [a for a, _ in runs] == [1] * 7  # no attempt spent
+    assert [n for _, n in runs] == [None, 1, 2, 3, 4, 5, 6]  # the outage's own count
+    q = {"system": "rabbitmq", "queue": "orders.b2c"}
+    assert sample(registry, "messaging_dead_lettered_total",
+                  error_type="DependencyUnavailable", **q) == 0
+    assert sample(registry, "messaging_retried_total", error_type="DependencyUnavailable",
+                  **q) == 6
