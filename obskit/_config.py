@@ -91,6 +91,13 @@ def _opt_float(value: Any) -> float | None:
     return float(value)
 
 
+def _megabytes(value: Any) -> float:
+    size = float(value)
+    if size < 0:
+        raise ValueError(f"expected megabytes >= 0 (0 = no limit), got {value!r}")
+    return size
+
+
 def _redis_url(value: Any) -> str | None:
     if value in (None, "") or str(value).strip().lower() == "off":
         return None
@@ -185,6 +192,9 @@ OPTIONS: tuple[Option, ...] = (
            "Where spans go when no OTLP endpoint is set: a JSON-lines file, one span per line. "
            "`-` means stderr, `off` disables it. "
            "Default: `<tmpdir>/obskit/<service>.spans.jsonl`."),
+    Option("spans_file_max_mb", "OBSKIT_SPANS_FILE_MAX_MB", 100.0, _megabytes,
+           "Size in MB at which `spans_file` is rotated to `<file>.1` (replacing the previous "
+           "`.1`), so it takes at most twice this on disk. `0`: never rotated."),
     Option("metrics_port", "OBSKIT_METRICS_PORT", None, _opt_int,
            "Serve Prometheus `/metrics` on this port (in a daemon thread). Unset: no server; "
            "mount `obskit.metrics_asgi_app()` / `metrics_wsgi_app()` instead."),

@@ -88,6 +88,42 @@ def test_a_value_json_cannot_encode_does_not_lose_the_batch(tmp_path):
     assert first["attributes"]["payload"] == str(b"\x00\x01") and second["name"] == "fine"
 
 
+def test_spans_file_is_rotated_past_its_size_and_kept_to_two_files(tmp_path):
+    tracer = TracerProvider().get_tracer("t")
+    spans = []
+    for i in range(400):
+        span = tracer.start_span(f"span-{i}")
+        span.end()
+        spans.append(span)
+    path = tmp_path / "spans.jsonl"
+    exporter = JsonLinesSpanExporter(str(path), max_bytes=20_000)
+    other = JsonLinesSpanExporter(str(path), max_bytes=20_000)  # another process, same file
+    batch = len(exporter.encode(spans[0])) * 10 + 200
+    for i in range(0, 400, 10):
+        assert (exporter if i % 20 else other).export(spans[i:i + 10]) == \
+            SpanExportResult.SUCCESS
+    exporter.shutdown()
+    other.shutdown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spans.jsonl", "spans.jsonl.1"]
+    assert path.stat().st_size < 20_000 + batch
+    assert (tmp_path / "spans.jsonl.1").stat().st_size < 20_000 + batch
+    kept = [json.loads(line)["name"] for f in ("spans.jsonl.1", "spans.jsonl")
+            for line in (tmp_path / f).read_text().splitlines()]
+    assert kept[-1] == "span-399" and len(kept) < 400  # the newest kept, the oldest dropped
+    assert len(kept) == len(set(kept))  # nothing written twice
+
+
+def test_spans_file_max_mb_default_env_and_bad_value():
+    assert config.resolve({}, {}).spans_file_max_mb == 100.0
+    assert config.resolve({}, {"OBSKIT_SPANS_FILE_MAX_MB": "0.5"}).spans_file_max_mb == 0.5
+    try:
+        config.resolve({"spans_file_max_mb": -1}, {})
+    except ValueError as exc:
+        assert "spans_file_max_mb" in str(exc)
+    else:
+        raise AssertionError("a negative size must be refused")
+
+
 def test_span_times_are_formatted_as_the_sdk_formats_them():
     rng = random.Random(5)
     now = 1_764_150_000_123_456_789
