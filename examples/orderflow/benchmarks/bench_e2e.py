@@ -69,6 +69,7 @@ VHOST = "orderflow-bench"
 AMQP = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 MGMT = "http://127.0.0.1:15672"
 REDIS_PREFIX = "orderflow-bench"
+DASHBOARD_TOKEN = "bench-manager-token"  # the readers are managers (orderflow.api.auth)
 TERMINAL = ("done", "failed", "dead_lettered")
 SEED_STATUSES = (["done"] * 90 + ["failed"] * 3 + ["accepted", "published", "received", "priced",
                                                    "scheduled", "printing"] * 1 + ["printing"])
@@ -323,7 +324,8 @@ def _new_tally(names: Any = ENDPOINTS) -> tuple[dict[str, list[float]], dict[str
 def _session(base: str, connections: int = 1) -> aiohttp.ClientSession:
     """A dashboard reader's HTTP client: keep-alive, up to ``connections`` at once."""
     return aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30),
-                                 connector=aiohttp.TCPConnector(limit=connections))
+                                 connector=aiohttp.TCPConnector(limit=connections),
+                                 headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"})
 
 
 async def _get(c: aiohttp.ClientSession, name: str, lat: dict[str, list[float]],
@@ -633,6 +635,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "ORDERFLOW_DATABASE_URL": DSN, "ORDERFLOW_READ_DATABASE_URL": DSN,
            "ORDERFLOW_RABBITMQ_URL": AMQP, "ORDERFLOW_REDIS_PREFIX": REDIS_PREFIX,
            "ORDERFLOW_RATE_LIMIT_B2C": "100000/second",
+           "ORDERFLOW_DASHBOARD_TOKEN": DASHBOARD_TOKEN,
            "ORDERFLOW_MES_STAGE_DELAY": str(args.stage_delay),
            "OBSKIT_LOG_LEVEL": args.log_level,
            # Server-Timing on every response: the endpoints' time in the server, beside the

@@ -168,6 +168,29 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox_parked(args: argparse.Namespace) -> int:
+    from orderflow import relay
+
+    if args.retry:
+        n = _with_pool(relay.unpark)
+        print(f"{n} parked outbox row(s) sent back to the relay")
+        return 0
+    rows = _with_pool(relay.parked)
+    assert isinstance(rows, list)
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    if not rows:
+        print("no parked outbox rows")
+        return 0
+    print(f"{'ID':<8} {'ORDER':<36} {'ROUTE':<16} {'ATTEMPTS':<8} {'PARKED':<16} LAST ERROR")
+    for r in rows:
+        print(f"{r['id']:<8} {r['order_id']:<36} {r['exchange'] + '/' + r['routing_key']:<16} "
+              f"{r['attempts']:<8} {r['parked_at'].strftime('%Y-%m-%d %H:%M'):<16} "
+              f"{(r['last_error'] or '')[:100]}")
+    return 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orderflow", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,6 +214,14 @@ def parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke the key with this prefix (from `apikey list`)")
     kr.add_argument("key_prefix")
     kr.set_defaults(func=cmd_apikey_revoke)
+
+    op = sub.add_parser("outbox", help="the CRM outbox")
+    osub = op.add_subparsers(dest="outbox_command", required=True)
+    opk = osub.add_parser("parked", help="outbox rows the relay gave up on (exit 1 if any)")
+    opk.add_argument("--json", action="store_true", help="machine-readable output")
+    opk.add_argument("--retry", action="store_true",
+                     help="give every parked row a fresh set of attempts")
+    opk.set_defaults(func=cmd_outbox_parked)
 
     a = sub.add_parser("api", help="run the ingress (shop API, open API, order status)")
     a.add_argument("--port", type=int, default=8000)
@@ -239,7 +270,47 @@ def parser() -> argparse.ArgumentParser:
                         f"{ENV_FAULTS}): {', '.join(FAULTS)}; RATE = share of orders, 0..1 "
                         "(docs/orderflow.md, Faults on purpose)")
     d.set_defaults(func=cmd_demo, faults=True)
+
+    c = sub.add_parser("chaos", help="place many orders, inject a real fault, heal it, and "
+                       "count lost, duplicated, stuck and unexpected orders")
+    c.add_argument("--fault", action="append", required=True, metavar="NAME",
+                   help="kill-mes, kill-relay, kill-status, kill-ingress, rabbitmq-restart, "
+                        "rabbitmq-close-connections, postgres-restart, redis-restart, "
+                        "collector-down, or all (repeatable)")
+    c.add_argument("--orders", type=int, default=200, help="orders per run (default 200)")
+    c.add_argument("--rate", type=float, default=20.0, help="orders per second (default 20)")
+    c.add_argument("--runs", type=int, default=1, help="runs of each fault (default 1)")
+    c.add_argument("--json", action="store_true", help="one JSON list of the runs")
+    c.set_defaults(func=cmd_chaos)
     return p
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from orderflow import chaos
+
+    names = list(chaos.FAULTS) if args.fault == ["all"] else args.fault
+    unknown = [n for n in names if n not in chaos.FAULTS]
+    if unknown:
+        print(f"orderflow chaos: unknown fault(s) {', '.join(unknown)}; valid: "
+              f"{', '.join(chaos.FAULTS)}, or all", file=sys.stderr)
+        return 2
+    results = []
+    for _ in range(args.runs):
+        for name in names:
+            r = chaos.run_once(name, orders=args.orders, rate=args.rate,
+                               log=(lambda m: None) if args.json else
+                               (lambda m: print(m, file=sys.stderr, flush=True)))
+            results.append(r)
+            if not args.json:
+                print(f"{name}: {r['orders']} orders, lost {r['lost']}, duplicated "
+                      f"{r['duplicated']}, stuck {r['stuck']}, unexpected {r['unexpected']}, "
+                      f"recovery {r['recovery_seconds']} s", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(chaos.table(results))
+    bad = sum(r["lost"] + r["duplicated"] + r["unexpected"] for r in results)
+    return 1 if bad else 0
 
 
 def _fault(text: str) -> tuple[str, float]:

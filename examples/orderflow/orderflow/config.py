@@ -20,6 +20,8 @@ ENV_MES_STAGE_DELAY = "ORDERFLOW_MES_STAGE_DELAY"
 ENV_RETRY_DELAYS = "ORDERFLOW_RETRY_DELAYS"
 ENV_PUBLIC_URL = "ORDERFLOW_PUBLIC_URL"
 ENV_TRUSTED_PROXIES = "ORDERFLOW_TRUSTED_PROXIES"
+ENV_MAX_BODY_BYTES = "ORDERFLOW_MAX_BODY_BYTES"
+ENV_DASHBOARD_TOKEN = "ORDERFLOW_DASHBOARD_TOKEN"
 ENV_REDIS_PREFIX = "ORDERFLOW_REDIS_PREFIX"
 ENV_DASHBOARD_CACHE = "ORDERFLOW_DASHBOARD_CACHE"
 ENV_DASHBOARD_LIST_TTL = "ORDERFLOW_DASHBOARD_LIST_TTL"
@@ -28,7 +30,14 @@ ENV_DASHBOARD_INVALIDATE_INTERVAL = "ORDERFLOW_DASHBOARD_INVALIDATE_INTERVAL"
 ENV_DASHBOARD_GENERATION_POLL = "ORDERFLOW_DASHBOARD_GENERATION_POLL"
 ENV_DASHBOARD_MAX_STALE = "ORDERFLOW_DASHBOARD_MAX_STALE"
 ENV_QUEUE_POLL_INTERVAL = "ORDERFLOW_QUEUE_POLL_INTERVAL"
+ENV_REDIS_TIMEOUT = "ORDERFLOW_REDIS_TIMEOUT"
+ENV_DB_TIMEOUT = "ORDERFLOW_DB_TIMEOUT"
+ENV_BREAKER_FAILURES = "ORDERFLOW_BREAKER_FAILURES"
+ENV_BREAKER_RESET = "ORDERFLOW_BREAKER_RESET"
+ENV_RETENTION_DAYS = "ORDERFLOW_RETENTION_DAYS"
 ENV_FAULTS = "ORDERFLOW_FAULTS"
+ENV_MES_CLAIM_LEASE = "ORDERFLOW_MES_CLAIM_LEASE"
+ENV_OUTBOX_MAX_ATTEMPTS = "ORDERFLOW_OUTBOX_MAX_ATTEMPTS"
 ENV_FAULT_STALL_SECONDS = "ORDERFLOW_FAULT_STALL_SECONDS"
 ENV_FAULT_SLOW_SECONDS = "ORDERFLOW_FAULT_SLOW_SECONDS"
 #: obskit's own variable, read here only to pass orderflow's Redis as its default.
@@ -89,10 +98,19 @@ class Settings:
     #: ``ORDERFLOW_PUBLIC_URL``: base of ``status_url`` in responses; empty = relative URLs.
     public_url: str = field(default_factory=lambda: _env(ENV_PUBLIC_URL, "").rstrip("/"))
 
-    #: ``ORDERFLOW_TRUSTED_PROXIES``: comma-separated proxy IPs whose ``X-Forwarded-For`` is
-    #: believed for the client IP (rate limits, logs). Default: none, the socket peer is the client.
+    #: ``ORDERFLOW_TRUSTED_PROXIES``: comma-separated proxy IPs or networks (``10.0.0.0/8``)
+    #: whose ``X-Forwarded-For`` is believed for the client IP (rate limits, logs): the rightmost
+    #: hop they did not write is the client. Default: none, the socket peer is the client.
     trusted_proxies: frozenset[str] = field(default_factory=lambda: frozenset(
         x.strip() for x in _env(ENV_TRUSTED_PROXIES, "").split(",") if x.strip()))
+    #: ``ORDERFLOW_MAX_BODY_BYTES``: largest request body the ingress reads (65536); a larger one
+    #: gets 413 before it is parsed, with or without ``Content-Length``.
+    max_body_bytes: int = field(
+        default_factory=lambda: int(_env(ENV_MAX_BODY_BYTES, "65536")))
+    #: ``ORDERFLOW_DASHBOARD_TOKEN``: the managers' secret for the MES dashboard and its JSON API
+    #: (``Authorization: Bearer``, HTTP basic password, or ``/dashboard?token=`` once, which sets
+    #: a cookie). Default: empty, the dashboard is refused (403) on this ingress.
+    dashboard_token: str = field(default_factory=lambda: _env(ENV_DASHBOARD_TOKEN, ""))
     #: ``ORDERFLOW_REDIS_PREFIX``: prefix of every Redis key orderflow writes (rate limits, ...).
     redis_prefix: str = field(default_factory=lambda: _env(ENV_REDIS_PREFIX, "orderflow"))
 
@@ -125,6 +143,36 @@ class Settings:
     #: consumers from the management API (``messaging_queue_messages``; 15).
     queue_poll_interval: float = field(
         default_factory=lambda: float(_env(ENV_QUEUE_POLL_INTERVAL, "15")))
+
+    #: ``ORDERFLOW_REDIS_TIMEOUT``: seconds a rate-limit check or an event fan-out may take in
+    #: Redis before the request goes on without it (0.1).
+    redis_timeout: float = field(
+        default_factory=lambda: float(_env(ENV_REDIS_TIMEOUT, "0.1")))
+    #: ``ORDERFLOW_DB_TIMEOUT``: seconds an ingress request waits for a database connection
+    #: before its 503 (5): while PostgreSQL is unreachable, clients get the 503 sooner than
+    #: their own timeouts.
+    db_timeout: float = field(default_factory=lambda: float(_env(ENV_DB_TIMEOUT, "5")))
+    #: ``ORDERFLOW_BREAKER_FAILURES``: Redis failures in a row that open a circuit breaker (3).
+    breaker_failures: int = field(
+        default_factory=lambda: int(_env(ENV_BREAKER_FAILURES, "3")))
+    #: ``ORDERFLOW_BREAKER_RESET``: seconds an open breaker skips Redis before one probe (5).
+    breaker_reset: float = field(
+        default_factory=lambda: float(_env(ENV_BREAKER_RESET, "5")))
+    #: ``ORDERFLOW_RETENTION_DAYS``: days MES dedup marks (``processed_messages``) and orders'
+    #: idempotency keys are kept (7); the relay deletes older ones about hourly. A retry with
+    #: the same Idempotency-Key after that makes a new order.
+    retention_days: float = field(
+        default_factory=lambda: float(_env(ENV_RETENTION_DAYS, "7")))
+
+    #: ``ORDERFLOW_MES_CLAIM_LEASE``: seconds an MES worker's claim on an order lasts unless
+    #: renewed (30). A live worker renews it every third of that; a dead worker's orders are
+    #: taken over this long after it died.
+    mes_claim_lease: float = field(
+        default_factory=lambda: float(_env(ENV_MES_CLAIM_LEASE, "30")))
+    #: ``ORDERFLOW_OUTBOX_MAX_ATTEMPTS``: failed publishes of one outbox row before the relay
+    #: parks it (10); ``orderflow outbox parked`` lists the parked rows, ``--retry`` unparks.
+    outbox_max_attempts: int = field(
+        default_factory=lambda: int(_env(ENV_OUTBOX_MAX_ATTEMPTS, "10")))
 
     #: ``ORDERFLOW_FAULTS``: faults injected on purpose, ``NAME[=RATE],...`` (``orderflow.faults``;
     #: docs/orderflow.md "Faults on purpose"). Default: none.

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from obskit import order_context, propagation
 from orderflow import messaging
-from orderflow.statuses import RANK
+from orderflow.statuses import FINAL, RANK
 
 
 class IdempotencyConflict(Exception):
@@ -48,18 +48,32 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def idempotency_scope(channel: str, body: dict[str, Any], partner: str | None) -> str:
+    """Whose Idempotency-Keys a key is compared with: one partner's (all its API keys, so a
+    retry after a key rotation finds the order), or one shop customer's (by email), never
+    everyone's: a key another customer happens to send must not find, or reveal, an order."""
+    if channel == "b2b":
+        assert partner is not None, "a b2b order has a partner"
+        return f"partner:{partner}"
+    email = str(body["customer_email"]).strip().lower()
+    return "b2c:" + hashlib.sha256(email.encode()).hexdigest()[:32]
+
+
 async def create_order(pool: AsyncConnectionPool, *, channel: str, body: dict[str, Any],
                        partner_id: int | None, idempotency_key: str | None,
-                       request_id: str | None, trace_id: str | None) -> NewOrder:
+                       request_id: str | None, trace_id: str | None,
+                       partner: str | None = None) -> NewOrder:
     """Store the order, its ``accepted`` history row and its outbox message in one transaction.
 
     Once this returns the order is durable: the relay will publish it even if this process dies.
+    ``partner_id`` is the API key that placed a b2b order, ``partner`` the partner that owns it
+    (``api_keys.partner``): idempotency and status reads go by the partner, not by its key.
     """
     order_id = str(uuid.uuid4())
     token = secrets.token_urlsafe(16)
     scope = None
     if idempotency_key is not None:
-        scope = f"b2b:{partner_id}" if channel == "b2b" else "b2c"
+        scope = idempotency_scope(channel, body, partner)
     rhash = request_hash(body)
     now = datetime.now(UTC)
     model = body["model"]
@@ -109,12 +123,21 @@ class StatusEvent:
     detail: dict[str, Any] | None = None
 
 
-async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent]
-                          ) -> list[dict[str, Any]]:
+async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent], *,
+                          rejected: list[StatusEvent] | None = None) -> list[dict[str, Any]]:
     """Append history rows and move ``orders.status`` forward, inside the caller's transaction.
 
     A (order, status) seen again increments ``duplicates`` instead of adding a row: redeliveries
     are visible but harmless. Returns the status changes that were new, for ``events``.
+
+    The status only moves up the ranks (``orderflow.statuses``), and ``done``/``failed`` are
+    final: the first one committed stays, whatever arrives later. Within one call, the highest
+    rank wins (``done`` over ``failed`` over ``dead_lettered``), so two terminal events in a
+    batch give the same result in any order. ``dead_lettered`` is not final: a replayed order
+    that then reaches ``done`` or ``failed`` moves on.
+
+    Events of orders that do not exist are not written; they are appended to ``rejected`` (the
+    caller dead-letters them alone) instead of failing the whole batch.
     """
     if not events:
         return []
@@ -127,7 +150,8 @@ async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent]
     rows = await (await conn.execute(
         "INSERT INTO order_status_history (order_id, status, at, worker, detail, duplicates)"
         " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::text[],"
-        " %s::jsonb[], %s::int[])"
+        " %s::jsonb[], %s::int[]) AS v(order_id, status, at, worker, detail, duplicates)"
+        " WHERE EXISTS (SELECT 1 FROM orders o WHERE o.order_id = v.order_id)"
         " ON CONFLICT (order_id, status) DO UPDATE"
         " SET duplicates = order_status_history.duplicates + excluded.duplicates + 1"
         " RETURNING order_id::text, status, (xmax = 0) AS inserted",
@@ -136,6 +160,12 @@ async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent]
          [Jsonb(merged[k][0].detail) if merged[k][0].detail else None for k in keys],
          [merged[k][1] for k in keys]))).fetchall()
     inserted = {(r["order_id"], r["status"]) for r in rows if r["inserted"]}
+    known = {r["order_id"] for r in rows}
+    if len(known) < len({k[0] for k in keys}):
+        unknown = [e for e in events if e.order_id not in known]
+        if rejected is not None:
+            rejected.extend(unknown)
+        keys = [k for k in keys if k[0] in known]
 
     per_order: dict[str, dict[str, Any]] = defaultdict(dict)
     for (oid, status) in keys:
@@ -149,17 +179,24 @@ async def record_statuses(conn: AsyncConnection[Any], events: list[StatusEvent]
         if "reason" in d:
             agg["reason"] = d["reason"]
     oids = sorted(per_order)
+    final = sorted(FINAL)
     await conn.execute(
         "UPDATE orders o SET"
-        " status = CASE WHEN o.status_rank < v.rank THEN v.status ELSE o.status END,"
-        " status_rank = GREATEST(o.status_rank, v.rank),"
+        " status = CASE WHEN o.status = ANY(%s) OR o.status_rank >= v.rank THEN o.status"
+        "  ELSE v.status END,"
+        " status_rank = CASE WHEN o.status = ANY(%s) THEN o.status_rank"
+        "  ELSE GREATEST(o.status_rank, v.rank) END,"
         " price = COALESCE(v.price, o.price),"
         " print_minutes = COALESCE(v.print_minutes, o.print_minutes),"
-        " failure_reason = COALESCE(v.reason, o.failure_reason), updated_at = now()"
+        # A replayed order that reaches done drops the reason it was dead-lettered for.
+        " failure_reason = CASE WHEN o.status = ANY(%s) THEN o.failure_reason"
+        "  WHEN v.status = 'done' AND o.status_rank < v.rank THEN NULL"
+        "  ELSE COALESCE(v.reason, o.failure_reason) END, updated_at = now()"
         " FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::numeric[], %s::numeric[],"
         " %s::text[]) AS v(order_id, status, rank, price, print_minutes, reason)"
         " WHERE o.order_id = v.order_id",
-        (oids, [per_order[o]["status"] for o in oids], [per_order[o]["rank"] for o in oids],
+        (final, final, final, oids, [per_order[o]["status"] for o in oids],
+         [per_order[o]["rank"] for o in oids],
          [per_order[o].get("price") for o in oids],
          [per_order[o].get("print_minutes") for o in oids],
          [per_order[o].get("reason") for o in oids]))
@@ -174,9 +211,11 @@ async def get_order(pool: AsyncConnectionPool, order_id: str) -> dict[str, Any] 
         return None
     async with pool.connection() as conn:
         order = await (await conn.execute(
-            "SELECT order_id::text, channel, partner_id, tracking_token, status, price, currency,"
-            " print_minutes, failure_reason, quantity, model, reference, created_at, updated_at"
-            " FROM orders WHERE order_id = %s", (order_id,))).fetchone()
+            "SELECT o.order_id::text, o.channel, o.partner_id, k.partner, o.tracking_token,"
+            " o.status, o.price, o.currency, o.print_minutes, o.failure_reason, o.quantity,"
+            " o.model, o.reference, o.created_at, o.updated_at"
+            " FROM orders o LEFT JOIN api_keys k ON k.id = o.partner_id"
+            " WHERE o.order_id = %s", (order_id,))).fetchone()
         if order is None:
             return None
         history = await (await conn.execute(

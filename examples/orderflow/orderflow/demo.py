@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ import httpx
 import psycopg
 
 from orderflow import crm, db, migrations
-from orderflow.config import ENV_FAULTS, Settings
+from orderflow.config import ENV_DASHBOARD_TOKEN, ENV_FAULTS, Settings
 from orderflow.faults import active as active_faults
 from orderflow.faults import format_spec
 from orderflow.statuses import RANK, STATUSES, TERMINAL
@@ -69,8 +70,12 @@ def _percentile(values: list[float], p: float) -> float | None:
 
 
 class Traffic:
-    def __init__(self, base: str, partner_key: str, burst_key: str, seed: int = 7) -> None:
+    def __init__(self, base: str, partner_key: str, burst_key: str, seed: int = 7,
+                 dashboard_token: str | None = None) -> None:
+        """``dashboard_token``: the managers' credential; default ``ORDERFLOW_DASHBOARD_TOKEN``."""
         self.base = base
+        token = Settings().dashboard_token if dashboard_token is None else dashboard_token
+        self.manager_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.partner_key = partner_key
         self.burst_key = burst_key
         self.rng = random.Random(seed)
@@ -104,9 +109,11 @@ class Traffic:
         while not stop.is_set():
             for path in ("/api/v1/dashboard/summary", f"/api/v1/dashboard/orders?status={status}"):
                 try:
-                    r = await client.get(self.base + path)
+                    r = await client.get(self.base + path, headers=self.manager_headers)
                     if r.status_code == 200:
                         self.dashboard_reads += 1
+                    elif r.status_code in (401, 403):  # a setup error, not load: say so
+                        self.errors.append(f"dashboard {r.status_code}: {r.text[:200]}")
                 except httpx.HTTPError as exc:
                     self.errors.append(repr(exc))
             try:
@@ -209,6 +216,9 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
     # the bursting partner is what trips.
     env.setdefault("ORDERFLOW_RATE_LIMIT_B2C", f"{max(100, int(rate * 10))}/second")
     env.setdefault("ORDERFLOW_RATE_LIMIT_B2B_IP", f"{max(200, int(rate * 20))}/second")
+    # The dashboard answers managers only: the demo makes a token unless one is configured.
+    dashboard_token = env.get(ENV_DASHBOARD_TOKEN) or secrets.token_urlsafe(16)
+    env[ENV_DASHBOARD_TOKEN] = dashboard_token
     if on:
         env[ENV_FAULTS] = format_spec(on)
         _log(quiet, f"demo: FAULT INJECTION ON ({env[ENV_FAULTS]}): orders will be lost or "
@@ -230,7 +240,8 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
                 raise RuntimeError(f"the pipeline did not become ready; see {log_path}")
             time.sleep(0.3)
         _log(quiet, f"demo: sending ~{rate:g} orders/s for {duration:g}s")
-        traffic = Traffic(base, partner_key, burst_key)
+        _log(quiet, f"demo: MES dashboard at {base}/dashboard?token={dashboard_token}")
+        traffic = Traffic(base, partner_key, burst_key, dashboard_token=dashboard_token)
         sent_at = time.monotonic()
         asyncio.run(traffic.run(duration, rate))
         send_seconds = time.monotonic() - sent_at

@@ -34,7 +34,7 @@ class Fault:
     process: str  # the process that applies it: "relay" or "mes"
     default_rate: float
     stops_at: str  # the last stage an affected order reaches (obskit journey stage)
-    alert: str  # the alert meant to catch it (docs/runbooks)
+    alert: str  # the alert meant to catch it (docs/runbooks), or why none fires
     doc: str
 
 
@@ -50,9 +50,9 @@ FAULTS: Mapping[str, Fault] = MappingProxyType({f.name: f for f in (
     Fault("poison", "relay", 0.02, "published", "DeadLetterQueueNotEmpty",
           "the relay publishes the order as truncated JSON: the MES cannot parse it and the "
           "message goes to orders.<channel>.dlq"),
-    Fault("duplicate", "relay", 0.05, "done", "OrdersProcessedTwice",
-          "the relay publishes the order twice with the same message id: two deliveries race "
-          "and the MES works the order twice"),
+    Fault("duplicate", "relay", 0.05, "done", "none: absorbed (OrdersProcessedTwice stays silent)",
+          "the relay publishes the order twice with the same message id: two deliveries race; "
+          "the MES claim (mes_claims) lets one worker produce the order, the twin is skipped"),
     Fault("slow-mes", "mes", 0.1, "done", "OrderStageSlow",
           "each MES stage of the order takes ORDERFLOW_FAULT_SLOW_SECONDS longer"),
 )})

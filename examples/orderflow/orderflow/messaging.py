@@ -21,7 +21,9 @@ import aio_pika
 from obskit.rabbitmq import (
     Consumer,
     Delivery,
+    DependencyUnavailable,
     Flow,
+    InFlightElsewhere,
     PermanentError,
     Publisher,
     QueueDepthPoller,
@@ -29,6 +31,7 @@ from obskit.rabbitmq import (
     RetryableError,
     Topology,
 )
+from orderflow import db
 from orderflow.config import Settings
 
 ORDERS_EXCHANGE = "orders"
@@ -39,7 +42,8 @@ STATUS_QUEUE = f"{STATUS_EXCHANGE}.{STATUS_ROUTING_KEY}"
 
 __all__ = [
     "CHANNELS", "ORDERS_EXCHANGE", "STATUS_EXCHANGE", "STATUS_QUEUE", "STATUS_ROUTING_KEY",
-    "Consumer", "Delivery", "PermanentError", "Publisher", "RetryableError",
+    "Consumer", "Delivery", "DependencyUnavailable", "InFlightElsewhere", "PermanentError",
+    "Publisher", "RetryableError",
     "declare_topology", "depth_poller", "order_queue", "orders_queue_name", "status_queue",
     "topology",
 ]
@@ -93,5 +97,15 @@ def depth_poller(settings: Settings) -> QueueDepthPoller:
 
 def consumer(settings: Settings, queue: QueueSpec, handler: Any, *, prefetch: int,
              concurrency: int) -> Consumer:
-    return Consumer(queue, handler, url=settings.rabbitmq_url, prefetch=prefetch,
+    async def handle(d: Delivery) -> Any:
+        try:
+            return await handler(d)
+        except Exception as exc:
+            # PostgreSQL restarting is not the message's fault: retry it for as long as the
+            # outage lasts instead of spending its attempts and dead-lettering it.
+            if db.unavailable(exc):
+                raise DependencyUnavailable(f"postgresql: {exc!r}") from exc
+            raise
+
+    return Consumer(queue, handle, url=settings.rabbitmq_url, prefetch=prefetch,
                     concurrency=concurrency, shutdown_timeout=10.0)

@@ -102,6 +102,33 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     (2, """
 CREATE INDEX IF NOT EXISTS order_status_history_status_at ON order_status_history (status, at);
 """),
+    # Retention (orderflow.retention) finds what is past ORDERFLOW_RETENTION_DAYS by these
+    # instead of scanning every mark and every order on each purge.
+    (5, """
+CREATE INDEX IF NOT EXISTS processed_messages_processed_at ON processed_messages (processed_at);
+CREATE INDEX IF NOT EXISTS orders_idempotency_created ON orders (created_at)
+    WHERE idempotency_key IS NOT NULL;
+"""),
+    # Recovery and exactly-once effects (docs/orderflow.md "Recovery"): the MES claims an order
+    # before producing it, outbox rows that keep failing are parked, and the terminal statuses
+    # get distinct ranks (done > failed > dead_lettered; done and failed are final).
+    (4, """
+CREATE TABLE mes_claims (
+    order_id    uuid PRIMARY KEY,
+    token       uuid NOT NULL,              -- one per attempt: a twin on the same worker differs
+    worker      text,
+    claimed_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,       -- renewed while the worker lives; then free again
+    finished_at timestamptz                 -- produced: never again
+);
+ALTER TABLE outbox
+    ADD COLUMN next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN parked_at timestamptz;       -- gave up after ORDERFLOW_OUTBOX_MAX_ATTEMPTS
+CREATE INDEX outbox_parked ON outbox (id) WHERE parked_at IS NOT NULL;
+UPDATE orders SET status_rank = CASE status WHEN 'done' THEN 102 WHEN 'failed' THEN 101
+    ELSE 100 END
+ WHERE status IN ('done', 'failed', 'dead_lettered');
+"""),
 ]
 
 
@@ -131,7 +158,7 @@ def upgrade(dsn: str) -> list[int]:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                          "version integer PRIMARY KEY, applied_at timestamptz DEFAULT now())")
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, text in MIGRATIONS:
+            for version, text in sorted(MIGRATIONS):  # by version, whatever the list order
                 if version in done:
                     continue
                 with conn.transaction():

@@ -12,8 +12,11 @@ STATUSES: tuple[str, ...] = (
     "done", "failed", "dead_lettered",
 )
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "dead_lettered"})
+#: Statuses nothing changes once stored. ``dead_lettered`` is terminal for the pipeline but not
+#: final: ``obskit dlq replay`` may still bring the order to ``done`` or ``failed``.
+FINAL: frozenset[str] = frozenset({"done", "failed"})
 RANK: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
-# Terminal statuses share the top rank so nothing overwrites one; ``done`` vs ``failed`` is
-# decided by which arrives (the MES sends exactly one).
-for _t in TERMINAL:
-    RANK[_t] = 100
+# Terminal statuses rank above every stage, so no late stage event overwrites one. Between
+# them: done > failed > dead_lettered. A final status is kept whatever ranks above it arrive
+# later (crm.record_statuses); the ranks decide only between events stored in the same batch.
+RANK.update({"dead_lettered": 100, "failed": 101, "done": 102})

@@ -98,6 +98,8 @@ def env() -> Iterator[dict[str, str]]:
         "OBSKIT_JOURNEY_PREFIX": f"orderflow-test-{run}-journey",
         "ORDERFLOW_MES_STAGE_DELAY": "0.02",
         "ORDERFLOW_RETRY_DELAYS": "0.5",
+        # A killed MES worker's orders are taken over this many seconds later.
+        "ORDERFLOW_MES_CLAIM_LEASE": "3",
         "ORDERFLOW_TRUSTED_PROXIES": "127.0.0.1",  # tests pick client IPs with X-Forwarded-For
         "ORDERFLOW_RATE_LIMIT_B2C": "10/second",
         "ORDERFLOW_RATE_LIMIT_B2B": "100/second",
@@ -105,6 +107,8 @@ def env() -> Iterator[dict[str, str]]:
         # High enough for the tests that read many statuses from 127.0.0.1 in a burst; the
         # status-limit test runs an ingress of its own with a low limit.
         "ORDERFLOW_RATE_LIMIT_STATUS": "1000/second",
+        # The managers' credential for the dashboard (the demo's traffic sends it).
+        "ORDERFLOW_DASHBOARD_TOKEN": "test-manager-token",
         "OTEL_SDK_DISABLED": "true",
         "OBSKIT_LOG_LEVEL": "WARNING",
     }

@@ -25,6 +25,7 @@ from obskit.metrics import catalogue
 from orderflow import cache as dcache
 from orderflow import events
 from orderflow.api import dashboard
+from orderflow.config import Settings
 from orderflow.db import open_pool
 from orderflow.migrations import upgrade
 
@@ -33,6 +34,9 @@ DSN = ("postgresql://postgres@127.0.0.1:5432/"
        f"orderflow_dash_test_{os.environ['ORDERFLOW_TEST_RUN']}")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DOWN_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: "Redis is down"
+MANAGER_TOKEN = "test-manager-token"
+#: The manager credential (orderflow.api.auth): the dashboard answers nobody else.
+MANAGER = {"Authorization": f"Bearer {MANAGER_TOKEN}"}
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               # cashews 7.6 closes its redis client with the deprecated close()
@@ -82,6 +86,7 @@ def dashboard_app(pool: AsyncConnectionPool) -> FastAPI:
     app = FastAPI()
     app.include_router(dashboard.router)
     app.state.db = app.state.read_db = pool
+    app.state.settings = Settings(dashboard_token=MANAGER_TOKEN)
     return app
 
 
@@ -144,7 +149,8 @@ async def client(pool: AsyncConnectionPool, cache: dcache.DashboardCache
                  ) -> AsyncIterator[httpx.AsyncClient]:
     await reset_db(pool)
     transport = httpx.ASGITransport(app=dashboard_app(pool))
-    async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash",
+                                 headers=MANAGER) as c:
         yield c
 
 
@@ -326,7 +332,7 @@ async def test_another_ingress_fills_from_redis_and_keeps_the_list_ttl(
     app.state.dashboard_cache = other
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://dash2") as c2:
+                                     base_url="http://dash2", headers=MANAGER) as c2:
             r = await c2.get(url)
             assert r.headers["x-cache"] == "hit"  # from Redis, no query
             assert [o["order_id"] for o in r.json()["orders"]] == [order_id]
@@ -408,7 +414,8 @@ async def test_redis_down_still_answers_from_the_database(pool: AsyncConnectionP
     async for down in _make_cache(DOWN_REDIS_URL, timeout=0.2):
         errors = count("dashboard_summary", "error")
         transport = httpx.ASGITransport(app=dashboard_app(pool))
-        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash",
+                                 headers=MANAGER) as c:
             for _ in range(2):  # the second call takes the "Redis is down" shortcut
                 r = await c.get("/api/v1/dashboard/summary")
                 assert r.status_code == 200 and r.headers["x-cache"] == "error"

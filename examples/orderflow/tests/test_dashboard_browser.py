@@ -24,6 +24,8 @@ import pytest
 
 from orderflow.migrations import upgrade
 
+MANAGER_TOKEN = "browser-manager-token"
+
 # Named after the run (conftest.py): two runs at once do not share it.
 DSN = ("postgresql://postgres@127.0.0.1:5432/"
        f"orderflow_dash_test_{os.environ['ORDERFLOW_TEST_RUN']}")
@@ -62,6 +64,7 @@ def api_url() -> Iterator[str]:
                 "'tok', %s)", (str(uuid.uuid4()), status))
     port = _free_port()
     env = {**os.environ, "ORDERFLOW_DATABASE_URL": DSN, "ORDERFLOW_READ_DATABASE_URL": DSN,
+           "ORDERFLOW_DASHBOARD_TOKEN": MANAGER_TOKEN,
            "ORDERFLOW_REDIS_PREFIX": f"dashbrowser-{uuid.uuid4().hex[:8]}"}
     proc = subprocess.Popen([sys.executable, "-m", "orderflow.cli", "api", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -71,7 +74,8 @@ def api_url() -> Iterator[str]:
         if proc.poll() is not None:
             raise AssertionError(f"orderflow api exited: {proc.stderr.read().decode()[-2000:]}")
         try:
-            return httpx.get(f"{url}/dashboard", timeout=1).status_code == 200
+            return httpx.get(f"{url}/dashboard", timeout=1,
+                             auth=("manager", MANAGER_TOKEN)).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -111,7 +115,8 @@ def test_page_shows_counts_and_a_new_order(api_url: str, browser: object) -> Non
     from selenium.webdriver.common.by import By
 
     d = browser
-    d.get(f"{api_url}/dashboard?interval=500")  # type: ignore[attr-defined]
+    # The managers' link: the token sets a cookie, the page's polls carry it.
+    d.get(f"{api_url}/dashboard?interval=500&token={MANAGER_TOKEN}")  # type: ignore[attr-defined]
 
     def text(css: str) -> str:  # "" until the first poll has rendered the element
         found = d.find_elements(By.CSS_SELECTOR, css)  # type: ignore[attr-defined]

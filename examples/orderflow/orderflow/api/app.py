@@ -18,11 +18,14 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 import obskit
 from orderflow import db, events
-from orderflow.api import orders
+from orderflow.api import orders, unavailable
+from orderflow.api.errors import http_error
+from orderflow.api.limits import BodyLimitMiddleware
 from orderflow.api.middleware import RequestContextMiddleware
 from orderflow.api.ratelimit import RateLimiter
 from orderflow.config import Settings
@@ -73,8 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
                                         socket_connect_timeout=1.0)
         app.state.db, app.state.read_db, app.state.redis = primary, read, redis
-        app.state.limiter = RateLimiter(settings.redis_url, settings.redis_prefix)
-        events.set_redis(redis)
+        app.state.limiter = RateLimiter(
+            settings.redis_url, settings.redis_prefix, timeout=settings.redis_timeout,
+            failures=settings.breaker_failures, reset_seconds=settings.breaker_reset)
+        events.set_redis(redis, settings)
         events.load_plugins()
         try:
             yield
@@ -90,9 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = {}
     app.state.templates = jinja2.Environment(
         loader=jinja2.PackageLoader("orderflow", "templates"), autoescape=True)
+    # Added first, so it runs inside RequestContextMiddleware: a 413 carries the request id.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(orders.Refused, _refused)
+    unavailable.register(app)
 
     app.include_router(orders.router)
     try:  # the MES dashboard plugs in here (orderflow/api/dashboard.py)

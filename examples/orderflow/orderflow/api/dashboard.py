@@ -4,8 +4,8 @@
 orderflow process so a new order or a status change invalidates the cached hot views wherever it
 is committed. Reads go to ``app.state.read_db`` (the replica when one is configured).
 
-The endpoints are for the company's internal network: they carry no customer emails or partner
-references, only what a production manager needs.
+The endpoints carry no customer emails or partner references, only what a production manager
+needs, and answer only managers (``orderflow.api.auth``: ``ORDERFLOW_DASHBOARD_TOKEN``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,22 @@ from datetime import datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from orderflow import cache as dcache
 from orderflow import events
+from orderflow.api import auth
+from orderflow.api.schemas import ErrorBody
 from orderflow.statuses import STATUSES, TERMINAL
 
 NEWEST_LIMIT = 10
+# The newest-orders view is a hot view: every cached variant is reloaded after each change. Only
+# the first page in these sizes is cached, so query strings cannot multiply that work; other
+# pages are read from the database each time.
+HOT_PAGE_SIZES = frozenset({10, 20, 50, 100, 200})
 THROUGHPUT_WINDOW_S = 15 * 60
 THROUGHPUT_BUCKET_S = 30
 _COLUMNS = ("order_id, channel, status, model->>'name' AS model, model->>'material' AS material, "
@@ -66,6 +73,10 @@ async def _respond(request: Request, name: str, key: str,
         return _body(await load())
 
     body, result = await _cache(request).get_or_load(name, key, loader, hot=hot)
+    return _send(request, body, result)
+
+
+def _send(request: Request, body: bytes, result: str) -> Response:
     # Conditional polling: a dashboard that already holds this body gets 304 and no body. The
     # validator changes with every load (the body carries ``generated_at``). ``no-cache``: the
     # browser asks each time, so freshness stays the server's (invalidation, list TTL).
@@ -85,7 +96,11 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
                for tag in (t.strip() for t in if_none_match.split(",")))
 
 
-_JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
+_JSON: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}}},
+    401: {"model": ErrorBody, "description": "No manager credential"},
+    403: {"model": ErrorBody, "description": "The dashboard is off (no token configured)"},
+}
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -153,11 +168,14 @@ async def summary(request: Request) -> Response:
 
     Cached until the next new order or status change.
     """
+    if (refused := auth.refuse(request)) is not None:
+        return refused
     return await _respond(request, "dashboard_summary", "summary",
                           lambda: _load_summary(request), hot=True)
 
 
-@router.get("/api/v1/dashboard/orders", response_class=Response, responses=_JSON)
+@router.get("/api/v1/dashboard/orders", response_class=Response,
+            responses={**_JSON, 422: {"model": ErrorBody, "description": "Unknown status"}})
 async def orders(request: Request,
                  status: str | None = Query(None, description="One of the order statuses; "
                                             "omitted: the newest orders of any status."),
@@ -165,10 +183,14 @@ async def orders(request: Request,
                  offset: int = Query(0, ge=0, le=10_000)) -> Response:
     """Orders of one status, newest first (cached 60 s), or the newest orders of any status
     (cached until the next new order or status change)."""
+    if (refused := auth.refuse(request)) is not None:
+        return refused
     if status is not None and status not in STATUSES:
-        raise HTTPException(422, detail={
-            "error": "invalid_status", "field": "status",
-            "message": f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"})
+        message = f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"
+        return JSONResponse({"error": "invalid_status", "message": message,
+                             "request_id": request.scope.get("state", {}).get("request_id"),
+                             "errors": [{"field": "status", "message": message}]},
+                            status_code=422)
     params = {"status": status, "limit": limit, "offset": offset}
 
     async def load() -> dict[str, Any]:
@@ -190,14 +212,27 @@ async def orders(request: Request,
                 "generated_at": datetime.now().astimezone().isoformat()}
 
     if status is None:
-        return await _respond(request, "dashboard_newest", f"newest:{limit}:{offset}", load,
-                              hot=True)
+        if offset or limit not in HOT_PAGE_SIZES:
+            return _send(request, _body(await load()), "bypass")
+        return await _respond(request, "dashboard_newest", f"newest:{limit}", load, hot=True)
     return await _respond(request, "dashboard_orders", f"{status}:{limit}:{offset}", load,
                           hot=False)
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-async def page() -> HTMLResponse:
-    """The page: plain HTML + JS polling the JSON endpoints (no CDN: works offline)."""
+async def page(request: Request, token: str | None = None) -> Response:
+    """The page: plain HTML + JS polling the JSON endpoints (no CDN: works offline).
+
+    ``?token=`` logs a manager in: a cookie for the page's polls, then the page without it."""
+    if (refused := auth.refuse(request, query_token=token)) is not None:
+        return refused
+    if token is not None:
+        rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        query = urlencode(rest)
+        to = RedirectResponse("/dashboard" + (f"?{query}" if query else ""), status_code=303)
+        to.set_cookie(auth.COOKIE, auth.session_value(auth.dashboard_token(request)),
+                      httponly=True, samesite="strict", path="/",
+                      secure=request.url.scheme == "https")
+        return to
     html = resources.files("orderflow").joinpath("templates/dashboard.html").read_text("utf-8")
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})

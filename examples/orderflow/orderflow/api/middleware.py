@@ -12,6 +12,7 @@ back to generating the id and writing an ``orderflow.access`` line itself.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import uuid
@@ -32,18 +33,46 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _log = obskit.get_logger("orderflow.access")
 
 
+def _trusted(addr: str, trusted_proxies: frozenset[str]) -> bool:
+    """``addr`` is one of the proxies (an address, or inside a ``10.0.0.0/8`` style network)."""
+    if addr in trusted_proxies:
+        return True
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    for p in trusted_proxies:
+        if "/" in p:
+            try:
+                if ip in ipaddress.ip_network(p, strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 def client_ip(scope: Scope, trusted_proxies: frozenset[str]) -> str:
-    """The socket peer, or — behind a trusted proxy — the last untrusted X-Forwarded-For hop."""
-    peer = (scope.get("client") or ("unknown", 0))[0]
-    if peer not in trusted_proxies:
-        return str(peer)
-    for k, v in scope.get("headers", ()):
-        if k == b"x-forwarded-for":
-            hops = [h.strip() for h in v.decode("latin-1").split(",") if h.strip()]
-            for hop in reversed(hops):
-                if hop not in trusted_proxies:
-                    return hop
-    return str(peer)
+    """The socket peer, or — behind a trusted proxy — the rightmost untrusted X-Forwarded-For hop.
+
+    Every ``X-Forwarded-For`` header counts, in order, as one list (a proxy may append its own
+    header instead of extending the client's). Hops are read right to left: the ones trusted
+    proxies wrote are skipped, the first other one is the client. Anything left of it was
+    written by the client and is never believed. A hop that is not an IP address (a proxy
+    misconfigured, or garbage) gives the peer itself: no per-client bucket can be chosen freely.
+    """
+    peer = str((scope.get("client") or ("unknown", 0))[0])
+    if not _trusted(peer, trusted_proxies):
+        return peer
+    hops = [h.strip() for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"
+            for h in v.decode("latin-1").split(",")]
+    for hop in reversed(hops):
+        if not hop or _trusted(hop, trusted_proxies):
+            continue
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer
+    return peer
 
 
 class RequestContextMiddleware:

@@ -60,7 +60,7 @@ def _idempotency_key(value: str | None) -> str | None:
 
 
 async def _accept(request: Request, order: schemas.OrderIn, channel: str,
-                  partner_id: int | None, idem_key: str | None,
+                  partner: dict[str, Any] | None, idem_key: str | None,
                   headers: dict[str, str]) -> tuple[crm.NewOrder | None, JSONResponse | None]:
     if idem_key is not None and len(idem_key) > IDEMPOTENCY_KEY_MAX:
         return None, error(400, "invalid_idempotency_key",
@@ -72,13 +72,15 @@ async def _accept(request: Request, order: schemas.OrderIn, channel: str,
     body = order.model_dump(mode="json")
     try:
         new = await crm.create_order(
-            request.app.state.db, channel=channel, body=body, partner_id=partner_id,
+            request.app.state.db, channel=channel, body=body,
+            partner_id=partner["id"] if partner else None,
+            partner=partner["partner"] if partner else None,
             idempotency_key=idem_key, request_id=request.state.request_id, trace_id=trace_id)
-    except crm.IdempotencyConflict as exc:
+    except crm.IdempotencyConflict:
+        # The order it names is not in the answer: the key is the only thing the caller proved.
         return None, error(422, "idempotency_key_reused",
                            "this Idempotency-Key was already used with a different request "
-                           f"body (order {exc.order_id}); use a new key for a new order",
-                           request, headers=headers)
+                           "body; use a new key for a new order", request, headers=headers)
     access = request.state.access
     access.update(order_id=new.order_id, outcome="accepted" if new.created else "replayed")
     with obskit.order_context(new.order_id, channel):
@@ -152,7 +154,7 @@ async def partner_guard(
 
 @router.post("/api/v1/shop/orders", status_code=202, tags=["shop (B2C)"],
              response_model=schemas.ShopOrderAccepted,
-             responses={422: {"model": schemas.ErrorBody}, 429: {"model": schemas.ErrorBody}})
+             responses=schemas.errors(400, 413, 422, 429))
 async def create_shop_order(
     request: Request, order: schemas.OrderIn,
     admission: Annotated[Admission, Depends(shop_guard)],
@@ -195,8 +197,7 @@ async def _partner(request: Request, api_key: str | None) -> dict[str, Any] | No
 
 @router.post("/api/v1/partner/orders", status_code=202, tags=["open API (B2B)"],
              response_model=schemas.PartnerOrderAccepted,
-             responses={401: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody},
-                        429: {"model": schemas.ErrorBody}})
+             responses=schemas.errors(400, 401, 413, 422, 429))
 async def create_partner_order(
     request: Request, order: schemas.OrderIn,
     admission: Annotated[Admission, Depends(partner_guard)],
@@ -206,7 +207,7 @@ async def create_partner_order(
     ``Idempotency-Key`` after a timeout: you get the same order, never a second one."""
     headers = admission.headers
     assert admission.partner is not None
-    new, err = await _accept(request, order, "b2b", admission.partner["id"],
+    new, err = await _accept(request, order, "b2b", admission.partner,
                              _idempotency_key(idempotency_key), headers)
     if err is not None:
         return err
@@ -226,7 +227,8 @@ async def _authorised_order(request: Request, order_id: str, token: str | None,
         return None
     if api_key:
         partner = await _partner(request, api_key)
-        if partner is not None and order["partner_id"] == partner["id"]:
+        # The partner owns its orders, whichever of its keys placed them (key rotation).
+        if partner is not None and order["partner"] == partner["partner"]:
             request.state.access["partner"] = partner["partner"]
             return order
         return None
@@ -253,7 +255,7 @@ def _status_body(order: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/api/v1/orders/{order_id}", tags=["order status"],
             response_model=schemas.OrderStatus,
-            responses={404: {"model": schemas.ErrorBody}})
+            responses=schemas.errors(404, 429))
 async def order_status(
     request: Request, order_id: str,
     token: Annotated[str | None, Query(description="B2C: the tracking_token")] = None,
@@ -279,7 +281,9 @@ async def _status_limit(request: Request, headers: dict[str, str]) -> JSONRespon
                         request.app.state.settings.rate_limit_status, headers)
 
 
-@router.get("/track/{order_id}", response_class=HTMLResponse, tags=["order status"])
+@router.get("/track/{order_id}", response_class=HTMLResponse, tags=["order status"],
+            responses={404: {"description": "A page saying the order was not found",
+                             "content": {"text/html": {}}}, **schemas.errors(429)})
 async def status_page(request: Request, order_id: str,
                       token: Annotated[str | None, Query()] = None) -> Any:
     """A status page for shop customers (the link in the order confirmation)."""

@@ -7,9 +7,15 @@ Limits (``limits`` notation, several separated by ``;``):
   guessing keys is limited too) — then per API key: the key's own ``rate_limit`` or
   ``ORDERFLOW_RATE_LIMIT_B2B``.
 
-Moving-window algorithm: no burst of 2× the limit at a window edge. If Redis is down requests
-are let through (counted in ``orderflow_rate_limit_errors_total``): losing orders is worse than
-briefly not limiting.
+Moving-window algorithm: no burst of 2× the limit at a window edge.
+
+Redis down: **fail open, to a local limiter**. Each check has a short timeout
+(``ORDERFLOW_REDIS_TIMEOUT``) behind a circuit breaker (``orderflow.degradation``), and while Redis
+cannot answer the same limits are enforced per process in memory — so an outage adds at most one
+timeout to a few requests, never refuses an order for want of Redis, and still stops a flood
+(each ingress instance allows the full limit on its own). Counted in
+``orderflow_rate_limit_errors_total`` and ``orderflow_degraded_total{dependency="redis",
+operation="rate_limit"}``.
 """
 
 from __future__ import annotations
@@ -20,16 +26,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
 import obskit
+from orderflow.degradation import Breaker, Unavailable
 
 RATE_LIMITED = Counter("orderflow_rate_limited", "Requests refused with 429, by channel and "
                        "by what was over its limit (ip, api_key).", ["channel", "scope"])
 RATE_LIMIT_ERRORS = Counter("orderflow_rate_limit_errors", "Rate-limit checks that failed "
-                            "(Redis unreachable); the request was let through.", ["channel"])
+                            "(Redis unreachable); the local in-memory limiter decided.",
+                            ["channel"])
 _log = obskit.get_logger("orderflow.ratelimit")
 
 
@@ -56,38 +64,49 @@ class Verdict:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str, prefix: str) -> None:
+    def __init__(self, redis_url: str, prefix: str, *, timeout: float = 0.1,
+                 failures: int = 3, reset_seconds: float = 5.0) -> None:
         # implementation="redispy": the redis client obskit instruments (spans, latency).
+        # No retries: the breaker decides when to try again, not redis-py's backoff.
         self.storage = RedisStorage(redis_url.replace("redis://", "async+redis://", 1),
                                     implementation="redispy", key_prefix=f"{prefix}:ratelimit",
-                                    wrap_exceptions=True)
+                                    wrap_exceptions=True, socket_timeout=timeout,
+                                    socket_connect_timeout=timeout,
+                                    retry=None)  # type: ignore[arg-type]  # passed to redis-py
         self.strategy = MovingWindowRateLimiter(self.storage)
+        self.local = MovingWindowRateLimiter(MemoryStorage())
+        self.breaker = Breaker("redis", "rate_limit", timeout=timeout, failures=failures,
+                               reset_seconds=reset_seconds)
 
     async def check(self, channel: str, scope: str, identity: str, limits_text: str
                     ) -> Verdict | None:
         """Consume one hit on every limit in ``limits_text``; the most restrictive decides.
 
-        ``None`` when the check could not be made (Redis down): let the request through.
+        Redis unavailable: the local in-memory limiter decides (see the module docstring).
         """
-        items = parse(limits_text)
         try:
-            worst: Verdict | None = None
-            for item in items:
-                allowed = await self.strategy.hit(item, channel, scope, identity)
-                stats = await self.strategy.get_window_stats(item, channel, scope, identity)
-                reset = max(0, math.ceil(stats.reset_time - time.time()))
-                v = Verdict(allowed, item.amount, stats.remaining, reset,
-                            f"{item.amount};w={item.get_expiry()}", scope)
-                if worst is None or (not v.allowed and worst.allowed) or (
-                        v.allowed == worst.allowed and v.remaining < worst.remaining):
-                    worst = v
-                if not allowed:
-                    break  # don't consume the longer windows for a refused request
-        except Exception as exc:
+            worst = await self.breaker.call(
+                lambda: self._check(self.strategy, limits_text, channel, scope, identity))
+        except Unavailable:
             RATE_LIMIT_ERRORS.labels(channel).inc()
-            _log.warning("rate limit check failed, letting the request through",
-                         channel=channel, error=repr(exc))
-            return None
+            worst = await self._check(self.local, limits_text, channel, scope, identity)
         if worst is not None and not worst.allowed:
             RATE_LIMITED.labels(channel, scope).inc()
+        return worst
+
+    @staticmethod
+    async def _check(strategy: MovingWindowRateLimiter, limits_text: str, channel: str,
+                     scope: str, identity: str) -> Verdict | None:
+        worst: Verdict | None = None
+        for item in parse(limits_text):
+            allowed = await strategy.hit(item, channel, scope, identity)
+            stats = await strategy.get_window_stats(item, channel, scope, identity)
+            reset = max(0, math.ceil(stats.reset_time - time.time()))
+            v = Verdict(allowed, item.amount, stats.remaining, reset,
+                        f"{item.amount};w={item.get_expiry()}", scope)
+            if worst is None or (not v.allowed and worst.allowed) or (
+                    v.allowed == worst.allowed and v.remaining < worst.remaining):
+                worst = v
+            if not allowed:
+                break  # don't consume the longer windows for a refused request
         return worst

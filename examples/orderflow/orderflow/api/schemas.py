@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -78,3 +78,18 @@ class ErrorBody(BaseModel):
     message: str
     request_id: str | None = None
     errors: list[ErrorField] | None = None
+
+
+_ERROR_MEANINGS = {
+    400: "Malformed request (a body that is not text, an Idempotency-Key too long)",
+    401: "Missing or unknown API key",
+    404: "No such order, or not yours",
+    413: "Request body over ORDERFLOW_MAX_BODY_BYTES",
+    422: "Invalid request: ``errors`` names each field",
+    429: "Rate limited: see Retry-After",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all in the ``ErrorBody`` shape."""
+    return {c: {"model": ErrorBody, "description": _ERROR_MEANINGS[c]} for c in codes}
