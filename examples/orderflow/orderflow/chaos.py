@@ -382,7 +382,8 @@ def run_once(fault_name: str, *, orders: int = 200, rate: float = 20.0,
         for t in fault_thread:
             t.join(300)
         ids = list(run.accepted)
-        states = _drain(run, ids, t0 + drain_timeout + orders / rate)
+        states = _drain(run, ids, t0 + drain_timeout + orders / rate
+                        + 2 * settings.mes_claim_lease)
     finally:
         stop.set()
         if group.poll() is None:
@@ -421,10 +422,12 @@ def _wait_ready(run: Run, log_path: str) -> None:
 
 
 def _drain(run: Run, ids: list[str], until: float) -> dict[str, dict[str, Any]]:
-    """Wait until every accepted order is finished, or nothing moved for 30 s, or ``until``."""
+    """Wait until every accepted order is finished, or nothing moved for a while (longer than
+    an MES claim lease: a killed worker's orders wait that long), or ``until``."""
+    quiet = 30 + 2 * run.settings.mes_claim_lease
     states = _states(run.settings.database_url, ids)
     moved = time.monotonic()
-    while time.monotonic() < until and time.monotonic() - moved < 30:
+    while time.monotonic() < until and time.monotonic() - moved < quiet:
         if all(states.get(i, {}).get("status") in TERMINAL for i in ids):
             if run.recovered_at is None:  # the monitor had not seen it yet: all are done now
                 run.recovered_at = time.monotonic()
