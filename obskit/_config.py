@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["OPTIONS", "Option", "Settings", "resolve"]
 
@@ -98,6 +99,21 @@ def _megabytes(value: Any) -> float:
     return size
 
 
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            host = parts.hostname or ""
+            if parts.port:
+                host += f":{parts.port}"
+            user = parts.username or ""
+            return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+    except ValueError:
+        return "<unparseable url>"
+    return url
+
+
 def _redis_url(value: Any) -> str | None:
     if value in (None, "") or str(value).strip().lower() == "off":
         return None
@@ -157,6 +173,8 @@ class Option:
     parse: Callable[[Any], Any]
     doc: str
     secret: bool = False
+    # How `obskit doctor` shows a set value (a URL without its password); default: as it is.
+    show: Callable[[Any], Any] | None = None
     # Extra env vars read when ``env`` is unset (e.g. the OTel spelling of an obskit option).
     env_aliases: tuple[str, ...] = ()
 
@@ -224,7 +242,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("journey_url", "OBSKIT_JOURNEY_URL", None, _redis_url,
            "Redis URL of the order journey store, e.g. `redis://127.0.0.1:6379/0`: every "
            "`record_stage()` hop is kept there, so `obskit orders show ID` tells where an "
-           "order is and the sweeper counts stuck and lost orders. Unset or `off`: no journeys."),
+           "order is and the sweeper counts stuck and lost orders. Unset or `off`: no journeys.",
+           show=safe_url),
     Option("journey_prefix", "OBSKIT_JOURNEY_PREFIX", "obskit", _str,
            "Prefix of the journey store's Redis keys (`<prefix>:{journey}:...`). Services that "
            "share a pipeline share a prefix."),
@@ -235,7 +254,8 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds between sweeps (`10s`, `1m`); a dead sweeper is replaced after three."),
     Option("stage_deadlines", "OBSKIT_STAGE_DEADLINES", None, _deadlines,
            "Overrides of the stage deadline table, `STAGE[@CHANNEL]=STUCK[/LOST],...`, e.g. "
-           "`published=1m/10m,printing@b2b=2h/6h,*=30s/5m` (docs/journeys.md)."),
+           "`published=1m/10m,printing@b2b=2h/6h,*=30s/5m` (docs/journeys.md).",
+           show=str),
     Option("journey_retention", "OBSKIT_JOURNEY_RETENTION", 7 * 86400.0, _duration,
            "How long an unfinished order's journey is kept (`7d`); past it the order is "
            "forgotten and counted in `obskit_journey_orders_forgotten_total`."),
@@ -245,7 +265,8 @@ OPTIONS: tuple[Option, ...] = (
            "At most this many unfinished orders are tracked; the oldest go first."),
     Option("grafana_url", "OBSKIT_GRAFANA_URL", None, _opt_str,
            "Grafana's address, e.g. `http://127.0.0.1:3000`: `obskit orders show` prints a "
-           "Grafana Explore link for each trace of the order."),
+           "Grafana Explore link for each trace of the order.",
+           show=safe_url),
     Option("grafana_tempo_uid", "OBSKIT_GRAFANA_TEMPO_UID", "obskit-tempo", _str,
            "The Tempo datasource uid in that Grafana (the bundle's is `obskit-tempo`)."),
 )
@@ -280,12 +301,8 @@ class Settings:
         for name, value in self.values.items():
             if _BY_NAME[name].secret and value:
                 out[name] = {k: "****" for k in value} if isinstance(value, dict) else "****"
-            elif name.endswith("_url") and value:
-                from obskit.journey._store import safe_url
-
-                out[name] = safe_url(value)
-            elif name == "stage_deadlines":
-                out[name] = str(value)
+            elif (show := _BY_NAME[name].show) is not None and value is not None:
+                out[name] = show(value)
             else:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out

@@ -76,8 +76,8 @@ def _journey_check(settings: _config.Settings, timeout: float) -> dict[str, Any]
         return {"configured": False, "ok": True,
                 "detail": "OBSKIT_JOURNEY_URL unset: no order journeys, no stuck/lost counts"}
     try:
+        from obskit._config import safe_url
         from obskit.journey import JourneyStore, StoreUnavailable
-        from obskit.journey._store import safe_url
 
         store = JourneyStore(settings.journey_url, settings.journey_prefix, timeout=timeout)
     except ImportError:

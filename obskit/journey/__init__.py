@@ -93,7 +93,7 @@ def start(settings: Settings, cat: Catalogue) -> None:
         _running_sweeper = Sweeper(sweeper_store, cat, settings.stage_deadlines,
                            interval=settings.journey_sweep_interval)
         _running_sweeper.start()
-    from obskit.journey._store import safe_url
+    from obskit._config import safe_url
 
     _status = (f"on: {safe_url(store.url)} prefix {store.prefix!r}, sweeper "
                f"{'on' if _running_sweeper else 'off'}")

@@ -21,24 +21,18 @@ from dataclasses import dataclass, field
 __all__ = ["DEFAULT_DEADLINES", "Deadline", "Deadlines", "format_duration", "parse_duration"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?"
 
 
 def parse_duration(text: str | float | int) -> float:
-    """``"90s"``, ``"5m"``, ``"1.5h"``, ``"2d"`` or a plain number of seconds -> seconds."""
+    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"2d"`` or a plain number of seconds -> seconds."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
-        total = 0.0
-        parts = re.findall(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)?", text.strip())
-        if not parts or "".join(parts).replace(" ", "") != text.strip().replace(" ", ""):
+        t = text.strip()
+        if not re.fullmatch(f"(?:{_PART}\\s*)+", t):
             raise ValueError(f"expected a duration such as 30s, 5m, 2h or 1h30m; got {text!r}")
-        for part in parts:
-            m = _DURATION.match(part)
-            if m is None:  # pragma: no cover - findall already matched it
-                raise ValueError(f"bad duration {text!r}")
-            total += float(m.group(1)) * _UNITS[m.group(2) or "s"]
-        value = total
+        value = sum(float(n) * _UNITS[u or "s"] for n, u in re.findall(_PART, t))
     if value < 0:
         raise ValueError(f"a duration cannot be negative: {text!r}")
     return value

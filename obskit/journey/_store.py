@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from obskit._config import safe_url
 from obskit.journey._deadlines import Deadlines
 
-__all__ = ["Hop", "JourneyStore", "OrderState", "StageCount", "StoreUnavailable", "Waiting",
-           "safe_url"]
+__all__ = ["Hop", "JourneyStore", "OrderState", "StageCount", "StoreUnavailable", "Waiting"]
 
 #: Rank of the hand-off stages; any other stage is an MES stage between received and the end.
 _RANKS = {"accepted": 0, "stored": 1, "published": 2, "received": 3}
@@ -45,21 +44,6 @@ _SEP = "|"
 
 class StoreUnavailable(RuntimeError):
     """The journey store cannot be reached (the message names the URL, password masked)."""
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            host = parts.hostname or ""
-            if parts.port:
-                host += f":{parts.port}"
-            user = parts.username or ""
-            return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
-    except ValueError:
-        return "<unparseable url>"
-    return url
 
 
 class Hop(NamedTuple):
@@ -409,10 +393,8 @@ class JourneyStore:
         self._call(self._release, keys=[self.base + "sweeper"], args=[owner])
 
     def delete_all(self) -> int:
-        """Drop every key of this prefix (tests, and ``obskit orders`` has no such command)."""
-        keys: Iterable[Any] = self._call(lambda: list(self._r.scan_iter(self.base + "*",
-                                                                          count=1000)))
-        keys = list(keys)
+        """Drop every key of this prefix (tests and benchmarks clean up with it)."""
+        keys = self._call(lambda: list(self._r.scan_iter(self.base + "*", count=1000)))
         if keys:
             self._call(self._r.delete, *keys)
         return len(keys)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 
+from obskit._config import safe_url
 from obskit._internal import internal_error
 from obskit.journey._store import Hop, JourneyStore, StoreUnavailable, WriteResult
 from obskit.metrics import Catalogue, Sums, observe_exemplar
@@ -44,7 +45,6 @@ class JourneyWriter:
         self._lock = threading.Lock()
         self._failing_since: float | None = None
         self._last_log = 0.0
-        self._late = 0
         self._sums = Sums()  # used by the writer thread only
 
     # --- caller side (any thread, hot path) ------------------------------------------------
@@ -118,7 +118,6 @@ class JourneyWriter:
         if len(keep) < len(batch):
             self.cat.journey_dropped.labels("buffer_full").inc(len(batch) - len(keep))
         self._buf.extendleft(reversed(keep))
-        self._late += len(keep)
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -132,9 +131,8 @@ class JourneyWriter:
         cat.journey_written.inc(n)
         if self._failing_since is not None:
             _log.warning("obskit: journey store %s reachable again after %.0fs; hops written",
-                         self.store.url.split("@")[-1], time.monotonic() - self._failing_since)
+                         safe_url(self.store.url), time.monotonic() - self._failing_since)
             self._failing_since = None
-            self._late = 0
         # Summed per batch (one locked inc per touched bucket, not three per hop); a bucket
         # that may take an exemplar now gets this hop's trace.
         sums = self._sums

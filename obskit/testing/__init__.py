@@ -28,6 +28,7 @@ import obskit
 from obskit._tracing import build_resource, build_sampler
 from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan
 from obskit.testing._prometheus import AlertmanagerProcess, PrometheusError, PrometheusProcess
+from obskit.testing._redis import RedisServer
 
 __all__ = [
     "AlertmanagerProcess",
@@ -37,6 +38,7 @@ __all__ = [
     "PrometheusProcess",
     "ReceivedLog",
     "ReceivedSpan",
+    "RedisServer",
     "init_for_tests",
     "reset_global_tracer_provider",
 ]

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,49 +36,13 @@ from conftest import (
     wait_for,
 )
 
-
-class PrivateRedis:
-    """A redis-server of the test's own, which the test stops and starts again on its port."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="orderflow-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+from obskit.testing import RedisServer
 
 
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (scripts/system-deps.sh installs it)")
-    r = PrivateRedis()
-    r.start()
-    yield r
-    r.stop()
-    shutil.rmtree(r.dir, ignore_errors=True)
+def private_redis() -> Iterator[RedisServer]:
+    with RedisServer(persistent=False) as r:
+        yield r
 
 
 class Service:
@@ -171,7 +133,7 @@ def _post(base: str, ip: str | None = None) -> tuple[int, float]:
 
 
 def test_redis_down_orders_still_accepted_fast_then_recovers(
-        env: dict[str, str], private_redis: PrivateRedis) -> None:
+        env: dict[str, str], private_redis: RedisServer) -> None:
     env = {**env, "ORDERFLOW_REDIS_URL": private_redis.url,
            "OBSKIT_JOURNEY_URL": private_redis.url,
            "ORDERFLOW_REDIS_PREFIX": f"degr-{uuid.uuid4().hex[:8]}",
