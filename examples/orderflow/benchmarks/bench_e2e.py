@@ -27,7 +27,7 @@ The dashboard readers use aiohttp (``pip install -e 'examples/orderflow[bench]'`
 ~1.8 ms of client CPU per request on our machines, more than a cached endpoint itself, so it
 would measure the client. Orders are posted with httpx, from a process of their own (``--flow``).
 
-Not a test: nothing asserts, the figures go to docs/performance-orderflow.md.
+Not a test: nothing asserts, the figures go to docs/explanation/performance.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Group commit, no timer: one batch is written at a time, and everything submitted
 being written forms the next one (up to ``max_items``). Under load the batches grow by
 themselves to what is in flight; a lone item is written at once. (A fixed wait for more items,
 20 ms here before, capped the writer at in-flight ÷ (wait + write): 2,400 events/s with 64 in
-flight, and added the wait to every event; see docs/performance-orderflow.md.)
+flight, and added the wait to every event; see docs/explanation/performance.md.)
 """
 
 from __future__ import annotations
