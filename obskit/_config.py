@@ -160,6 +160,17 @@ _SAMPLERS = (
 )
 
 
+def _fast_paths(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    from obskit._fastpaths import FAST_PATHS
+
+    names = _csv(value)
+    known = {p.name for p in FAST_PATHS}
+    unknown = [n for n in names if n != "all" and n not in known]
+    if unknown:
+        raise ValueError(f"unknown fast path {unknown[0]!r}; known: all, {', '.join(known)}")
+    return names
+
+
 def _default_service_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return name.removesuffix(".py") or "unknown_service"
@@ -222,6 +233,11 @@ OPTIONS: tuple[Option, ...] = (
            "Comma-separated integrations to skip, e.g. `redis,pika` (names as in "
            "`obskit doctor`). `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS` is honoured too.",
            env_aliases=("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",)),
+    Option("disable_fast_paths", "OBSKIT_DISABLE_FAST_PATHS", (), _fast_paths,
+           "Comma-separated fast paths to switch off, or `all` (names as in `obskit doctor`): "
+           "obskit then uses the libraries' public, slower API, e.g. to rule obskit out while "
+           "chasing a bug. Environment only, process-wide: some fast paths decide when their "
+           "module is imported, before `init()` runs (docs/explanation/fast-paths.md)."),
     Option("log_level", "OBSKIT_LOG_LEVEL", "INFO", _level, "Minimum level of emitted logs."),
     Option("log_format", "OBSKIT_LOG_FORMAT", "auto", _choice("auto", "json", "console"),
            "`json` lines, readable `console`, or `auto` (console on a TTY, JSON otherwise)."),
@@ -317,6 +333,10 @@ def resolve(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = No
             f"obskit.init() got unknown option(s) {', '.join(sorted(unknown))}; "
             f"valid options: {', '.join(_BY_NAME)}"
         )
+    if overrides.get("disable_fast_paths") is not None:
+        raise ValueError("obskit: disable_fast_paths is read from the environment only: set "
+                         "OBSKIT_DISABLE_FAST_PATHS before the process starts (some fast paths "
+                         "decide when their module is imported, before init())")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for opt in OPTIONS:

@@ -19,10 +19,19 @@ from typing import Any
 
 from opentelemetry import baggage, context, trace
 
+from obskit import _fastpaths
+
 try:  # the context key of baggage's dict (private API: a fast path, with a public fallback)
     from opentelemetry.baggage import _BAGGAGE_KEY
-except ImportError:  # pragma: no cover
+except ImportError:
     _BAGGAGE_KEY = None  # type: ignore[assignment]
+    _fastpaths.report("baggage_direct", False, "opentelemetry.baggage._BAGGAGE_KEY is missing")
+else:
+    if _fastpaths.enabled("baggage_direct"):
+        _fastpaths.report("baggage_direct", True)
+    else:
+        _BAGGAGE_KEY = None  # type: ignore[assignment]
+        _fastpaths.report("baggage_direct", False, "disabled")
 
 __all__ = [
     "ORDER_CHANNEL_KEY",
@@ -86,7 +95,7 @@ def current_order(ctx: context.Context | None = None) -> tuple[str | None, str |
         entries = (context.get_current() if ctx is None else ctx).get(_BAGGAGE_KEY)
         if not entries or not isinstance(entries, dict):
             return (None, None)
-    else:  # pragma: no cover - a future API without the key
+    else:  # the public API: a read-only copy per call
         entries = baggage.get_all(ctx)
         if not entries:
             return (None, None)
@@ -102,7 +111,7 @@ def with_order(order_id: Any, channel: str | None = None,
     For code that passes a context explicitly (a publish): what ``order_context`` puts in the
     baggage, without its log fields, span attributes and attach/detach.
     """
-    if _BAGGAGE_KEY is None:  # pragma: no cover - a future API without the key
+    if _BAGGAGE_KEY is None:  # the public API
         ctx = baggage.set_baggage(ORDER_ID_KEY, str(order_id), ctx)
         if channel is not None:
             ctx = baggage.set_baggage(ORDER_CHANNEL_KEY, str(channel), ctx)

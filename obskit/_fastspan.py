@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace import (
     SpanLimits,
     SpanProcessor,
     SynchronousMultiSpanProcessor,
+    TracerProvider,
 )
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -62,6 +63,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
+from obskit import _fastpaths
 from obskit._internal import internal_error
 from obskit._otel_context import current as _current_context
 from obskit._otel_context import span_of as _span_of
@@ -292,6 +294,9 @@ class FastTracer:
         self.unset_status = _UNSET_STATUS
         if not isinstance(sdk_tracer, SdkTracer):  # a proxy or another SDK: nothing to speed up
             return
+        if not _fastpaths.enabled("lean_spans"):
+            _fastpaths.report("lean_spans", False, "disabled")
+            return
         try:
             self.scope = sdk_tracer._instrumentation_scope
             self.resource = sdk_tracer.resource
@@ -302,8 +307,14 @@ class FastTracer:
             self.limits: SpanLimits = sdk_tracer._span_limits
             self._config = sdk_tracer._tracer_config
             self._metrics = sdk_tracer._tracer_metrics
-            if _clean_value is None or self.limits.max_span_attribute_length is not None:
-                return  # values would need truncating on every write: leave it to the SDK
+            if _clean_value is None:
+                _fastpaths.report("lean_spans", False,
+                                  "opentelemetry.attributes._clean_attribute_value is missing")
+                return
+            if self.limits.max_span_attribute_length is not None:
+                # Values would need truncating on every write: leave it to the SDK.
+                _fastpaths.report("lean_spans", False, "a span attribute length limit is set")
+                return
             self.max_attributes = self.limits.max_span_attributes or 128
             # Shared by every link started without attributes (immutable: safe to share).
             self.no_attributes = BoundedAttributes(self.limits.max_link_attributes, None,
@@ -315,9 +326,13 @@ class FastTracer:
             if _lean_spans_work is None:  # a property of the SDK version: checked once
                 _lean_spans_work = self._self_check()
             self.fast = _lean_spans_work
+            _fastpaths.report("lean_spans", self.fast,
+                              "" if self.fast else "a LeanSpan does not read back like an SDK span")
         except Exception as exc:  # another SDK version: the SDK path, always correct
-            internal_error("fastspan.init", exc)
             self.fast = False
+            _fastpaths.report("lean_spans", False,
+                              f"SDK internals differ: {type(exc).__name__}: {exc}")
+            internal_error("fastspan.init", exc)
 
     def _self_check(self) -> bool:
         """A LeanSpan must read back like an SDK span (ReadableSpan properties and JSON)."""
@@ -326,12 +341,13 @@ class FastTracer:
         span._hooks = _Hooks(SpanProcessor())  # the base class: no-ops
         span.start()
         span.set_attribute("a", 1)
+        span.set_attribute("seq", [1, 2])  # the SDK keeps sequences as tuples
         span.set_trusted_attributes({"b": "x"})
         span.add_event("e", {"k": "v"})
         span.end()
         built = _tuple_new(SpanContext, (1, 2, False, _SAMPLED, _EMPTY_STATE, True))
         ok = (built == SpanContext(1, 2, False, _SAMPLED, _EMPTY_STATE) and built.is_valid
-              and span.attributes == {"a": 1, "b": "x"} and len(span.events) == 1
+              and span.attributes == {"a": 1, "seq": (1, 2), "b": "x"} and len(span.events) == 1
               and span.end_time is not None and span.links == () and bool(span.to_json())
               and span.dropped_attributes == 0 and span.status.is_unset)
         return bool(ok)
@@ -445,3 +461,7 @@ class FastTracer:
         span.start(parent_context=context)
         return span
 
+
+def probe_fast_path() -> None:
+    """Decide (and report) ``lean_spans`` with a throwaway provider: ``obskit doctor``."""
+    FastTracer(TracerProvider(shutdown_on_exit=False).get_tracer("obskit.probe"))

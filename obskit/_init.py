@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from obskit import _config, _logging, _tracing, journey
+from obskit import _config, _deferred, _fastpaths, _logging, _tracing, journey
 from obskit._internal import internal_error
 from obskit.integrations import IntegrationStatus, instrument_all, uninstrument_all
 from obskit.metrics import Catalogue, catalogue, set_active
@@ -53,7 +53,7 @@ class Handle:
         return [s.name for s in self.integrations if s.state == "active"]
 
     def force_flush(self, timeout_seconds: float = 5.0) -> None:
-        _logging.flush()
+        _deferred.flush()
         journey.flush(timeout_seconds)
         for p in (self.tracer_provider, self.logger_provider):
             if p is not None:
@@ -124,6 +124,7 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
         _logging.get_logger("obskit").debug(
             "obskit initialised", spans_to=None if settings.sdk_disabled else where,
             metrics_port=handle.metrics_port, integrations=handle.active_integrations())
+        _fastpaths.log_report(_log)  # the decisions so far (others come with first use)
         return handle
 
 
@@ -134,7 +135,7 @@ def shutdown(timeout_seconds: float = 5.0) -> None:
         handle, _handle = _handle, None
     if handle is None:
         return
-    _logging.flush()  # requests waiting in the batch: their metrics and lines, while all is up
+    _deferred.flush()  # requests waiting in the batch: their metrics and lines, while all is up
     journey.stop(timeout_seconds)
     uninstrument_all()
     set_active(None)

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
 
-from obskit import processors
+from obskit import _deferred, processors
 from obskit._config import Settings
 
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -82,71 +79,19 @@ def _drop_color_message(logger: Any, method_name: str, event_dict: Any) -> Any:
     return event_dict
 
 
-def _run(record: tuple[Any, ...]) -> str | None:
-    try:
-        return record[0](record)  # type: ignore[no-any-return]
-    except Exception as exc:  # a bug in deferred bookkeeping must not lose the other lines
-        from obskit._internal import internal_error
-
-        internal_error("logs.deferred", exc)
-        return None
-
-
-#: Run after the deferred records of a batch (``after_batch``), before anyone reads what they
-#: left (a scrape writes the pending batch first).
-_batch_hooks: list[Callable[[], None]] = []
-
-
-def after_batch(hook: Callable[[], None]) -> None:
-    """Call ``hook()`` after each batch of deferred records has run (once per record where
-    records run at once), serialised with them: deferred work can sum what its records leave
-    (``metrics.Sums``) and apply it in one go."""
-    if hook not in _batch_hooks:
-        _batch_hooks.append(hook)
-
-
-def _end_batch() -> None:
-    for hook in _batch_hooks:
-        try:
-            hook()
-        except Exception as exc:
-            from obskit._internal import internal_error
-
-            internal_error("logs.after_batch", exc)
-
-
 class _Writer:
-    """Writes rendered lines to a text stream (default: the current ``sys.stdout``).
+    """The log output: a text stream (default: the current ``sys.stdout``), and the sink of
+    ``obskit._deferred``.
 
-    Lines from threads never interleave and keep their order. To a file or a pipe, lines are
-    queued (a deque append, no lock) and written in batches, one joined ``write`` each: by a
-    daemon thread at most ``FLUSH_INTERVAL`` seconds later, by the logging thread itself once
-    ``MAX_PENDING`` items wait, before a fork, and at flush/shutdown/exit. A terminal, or a
-    stream that is not a file (``StringIO``, pytest's capture), gets every line at once.
-
-    The queue also takes *deferred work* (``defer``): a function that produces a line when its
-    batch is written — the server middlewares hand over a finished request this way, and its
-    metrics and access line are made in the batch, in order with the lines around it.
-
-    Why batches: a ``TextIOWrapper.write`` per line costs ~0.6 µs in a tight loop but ~10 µs per
-    request inside a loaded server (measured, docs/performance-http.md), where a deque append
-    costs next to nothing; the same holds for the bookkeeping of a request (~10 µs less per
-    request when done in batches). A process killed with SIGKILL can lose the last
-    ``FLUSH_INTERVAL`` of output, as with any buffered stdout.
+    To a file or a pipe, lines wait in the deferred queue and reach the stream in batches, one
+    joined ``write`` each, in order with the deferred work around them. A terminal, a stream that
+    is not a file (``StringIO``, pytest's capture) or a closed writer gets every line at once.
     """
-
-    FLUSH_INTERVAL = 0.1
-    MAX_PENDING = 256
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
-        # One batch at a time reaches the stream, in order. Re-entrant: deferred work run under
-        # it may log (an internal error), which writes at once on a terminal.
-        self._lock = threading.RLock()
-        self._pending: deque[Any] = deque()  # lines (str) and deferred records (function, ...)
         self._checked: Any = None  # the stream the mode below was decided for
         self._immediate = True
-        self._flusher_pid = 0
         self._closed = False
 
     def _decide(self, stream: Any) -> bool:
@@ -161,105 +106,33 @@ class _Writer:
         self._immediate = immediate
         return immediate
 
-    def _at_once(self) -> Any:
-        """The stream when lines go to it at once (terminal, not a file, or closed: no flusher
-        runs after close()), else None (batched)."""
+    def batched(self) -> bool:
+        if self._closed:  # no batch may come after close()
+            return False
         stream = self._stream or sys.stdout
-        immediate = self._immediate if stream is self._checked else self._decide(stream)
-        return stream if immediate or self._closed else None
+        return not (self._immediate if stream is self._checked else self._decide(stream))
 
-    def write(self, line: str) -> None:
-        stream = self._at_once()
-        if stream is not None:
-            try:
-                with self._lock:
-                    self._write_pending(stream)  # what was queued before the stream changed
-                    stream.write(line + "\n")
-                    stream.flush()
-            except (ValueError, OSError):  # closed stream: drop the line, keep the host running
-                pass
-            return
-        self._queue(line)
+    def write(self, text: str) -> None:
+        """Write ``text`` (whole lines) to the stream now."""
+        stream = self._stream or sys.stdout
+        stream.write(text)
+        stream.flush()
 
-    def defer(self, record: tuple[Any, ...]) -> None:
-        """Run ``record[0](record)`` when the lines queued so far are written; write the line it
-        returns. Where lines are written at once (terminal, capture stream, closed writer), at
-        once.
-        """
-        if self._at_once() is not None:
-            with self._lock:  # serialised with the batches and with other threads' records
-                line = _run(record)
-                _end_batch()
-                if line is not None:
-                    self.write(line)
-            return
-        self._queue(record)
-
-    def _queue(self, item: Any) -> None:
-        pending = self._pending
-        pending.append(item)
-        if self._flusher_pid != _pid:  # first line, or first line after a fork
-            self._start_flusher()
-        if len(pending) >= self.MAX_PENDING:  # the flusher is starved: write them here
-            self.flush()
+    def line(self, line: str) -> None:
+        if self.batched():
+            _deferred.put(line)
+        else:
+            _deferred.write_now(self, line + "\n")
 
     # structlog calls these on the "logger" it got from the factory.
     def msg(self, message: str) -> None:
-        self.write(message)
+        self.line(message)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
-    def _write_pending(self, stream: Any) -> None:
-        """Write what is queued as one batch (caller holds the lock)."""
-        pending = self._pending
-        if not pending:
-            return
-        popleft = pending.popleft
-        lines = []
-        deferred = False
-        for _ in range(len(pending)):  # others may append meanwhile: they wait for the next batch
-            item = popleft()
-            if item.__class__ is not str:
-                deferred = True
-                item = _run(item)
-                if item is None:
-                    continue
-            lines.append(item)
-        if deferred:
-            _end_batch()
-        if lines:
-            stream.write("\n".join(lines) + "\n")
-            stream.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        try:
-            with self._lock:
-                self._write_pending(self._stream or sys.stdout)
-        except (ValueError, OSError):  # closed stream: drop the lines, keep the host running
-            pass
-
     def close(self) -> None:
+        _deferred.flush()
         self._closed = True
-        self.flush()
-
-    def after_fork_in_child(self) -> None:
-        """Lines queued in the parent are the parent's to write; the lock may have been held."""
-        self._pending.clear()
-        self._lock = threading.RLock()
-
-    def _start_flusher(self) -> None:
-        with self._lock:
-            if self._flusher_pid == _pid:
-                return
-            self._flusher_pid = _pid
-        threading.Thread(target=self._flush_loop, name="obskit-log-flush", daemon=True).start()
-
-    def _flush_loop(self) -> None:
-        while not self._closed:
-            time.sleep(self.FLUSH_INTERVAL)
-            self.flush()
 
 
 class _WriterFactory:
@@ -279,7 +152,7 @@ class _WriterHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._writer.write(self.format(record))
+            self._writer.line(self.format(record))
         except Exception:
             self.handleError(record)
 
@@ -336,10 +209,9 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 # structlog dispatch, no scrubbing of obskit's own values. Set by configure().
 _fast_render: Callable[[str, str, dict[str, Any], float | None], str | None] | None = None
 _writer: _Writer | None = None
-_no_writer_lock = threading.Lock()  # deferred records before init(): one at a time
 # Whether rendered lines are also exported as OTel log records: they read the current OTel
 # context for their trace ids, so deferred work must attach the request's (read per record).
-_exporting = False
+exporting = False
 
 
 def render(logger_name: str, level: str, line: dict[str, Any],
@@ -355,51 +227,6 @@ def render(logger_name: str, level: str, line: dict[str, Any],
     """
     fast = _fast_render
     return None if fast is None else fast(logger_name, level, line, at)
-
-
-def defer(record: tuple[Any, ...]) -> None:
-    """Run ``record[0](record)`` — a finished request's bookkeeping — with the next batch of
-    lines.
-
-    ``record`` is one tuple: the function, then the facts it needs. The function returns the
-    line to write (``render()``'s result) or None. It runs in the batch, in order with the
-    lines logged before it, on whichever thread writes the batch: it must not rely on the
-    caller's context (the OTel context, context variables). Where lines are written at once,
-    and before ``init()``, it runs at once.
-
-    One tuple, holding plain values (ints, strings) rather than objects of their own: every
-    object that waits for the batch counts towards the garbage collector's next young
-    collection (CPython collects after 700 more allocations than deallocations), and a batch
-    holds up to 256 requests (docs/performance-http.md).
-    """
-    writer = _writer
-    if writer is None:
-        with _no_writer_lock:
-            _run(record)
-            _end_batch()
-        return
-    writer.defer(record)
-
-
-def flush() -> None:
-    if _writer is not None:
-        _writer.flush()
-
-
-#: This process's id, kept by the fork hook below: ``os.getpid()`` is a system call (~0.2 µs),
-#: and the writer asks on every queued line whether its flusher thread runs in this process.
-_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()
-    if _writer is not None:
-        _writer.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # a forked child must not write the parent's queued lines
-    os.register_at_fork(before=flush, after_in_child=_after_fork_in_child)
 
 
 _stdlib_handler: logging.Handler | None = None
@@ -437,10 +264,11 @@ def configure(settings: Settings, logger_provider: Any | None,
         export = _OtlpExport(logger_provider)
         shared.append(export)
 
-    global _writer, _fast_render, _exporting
+    global _writer, _fast_render, exporting
     if _writer is not None:
         _writer.close()
     writer = _writer = _Writer(stream)
+    _deferred.set_sink(writer)
     level = _LEVELS[settings.log_level]
 
     service = settings.service_name
@@ -461,7 +289,7 @@ def configure(settings: Settings, logger_provider: Any | None,
         return renderer(None, method, event_dict)  # type: ignore[no-any-return]
 
     _fast_render = fast_render
-    _exporting = export is not None
+    exporting = export is not None
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -583,12 +411,13 @@ def _remove_otel_handlers(root: logging.Logger) -> None:
 
 
 def reset() -> None:
-    global _stdlib_handler, _fast_render, _writer, _exporting
+    global _stdlib_handler, _fast_render, _writer, exporting
     _fast_render = None
-    _exporting = False
+    exporting = False
     if _writer is not None:
         _writer.close()
         _writer = None
+        _deferred.set_sink(None)
     if _stdlib_handler is not None:
         logging.getLogger().removeHandler(_stdlib_handler)
         _stdlib_handler = None

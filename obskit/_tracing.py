@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from obskit import _fastpaths
 from obskit._config import Settings
 from obskit._context import ORDER_CHANNEL_KEY, ORDER_ID_KEY, current_order
 from obskit._fastspan import LeanSpan
@@ -98,14 +100,75 @@ class OrderSpanProcessor(SpanProcessor):
                 span.set_attribute(ORDER_CHANNEL_KEY, channel)
 
 
+class _QueueTally:
+    """How many items a batch processor holds, without reading its private queue.
+
+    The fallback of the ``span_queue_drop`` / ``log_queue_drop`` fast paths: items handed to the
+    processor minus items its exporter received. That includes the batch being exported, so a
+    full queue is seen up to one batch early — never late: every item dropped is counted, none
+    is dropped silently by the SDK.
+    """
+
+    __slots__ = ("limit", "pending", "_lock")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        """Take a place in the queue; False when it is full."""
+        with self._lock:
+            if self.pending >= self.limit:
+                return False
+            self.pending += 1
+            return True
+
+    def exported(self, count: int) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - count)
+
+
+def _queue_limit(kwargs: dict[str, Any], env: str) -> int:
+    """The ``max_queue_size`` a batch processor resolves from its arguments and ``env``."""
+    value = kwargs.get("max_queue_size")
+    if value is None:
+        try:
+            value = int(os.environ.get(env, "") or 2048)
+        except ValueError:
+            value = 2048
+    return max(1, int(value))
+
+
+def _private_queue(processor: Any, path: str) -> tuple[Any, Any, Any]:
+    """``(queue, max_queue_size, emit)`` of the SDK batch processor behind ``processor`` (the
+    ``span_queue_drop`` / ``log_queue_drop`` fast paths), or Nones and the reason reported."""
+    if not _fastpaths.enabled(path):
+        _fastpaths.report(path, False, "disabled")
+        return None, None, None
+    bp = getattr(processor, "_batch_processor", None)
+    queue = getattr(bp, "_queue", None)
+    limit = getattr(bp, "_max_queue_size", None)
+    emit = getattr(bp, "emit", None)
+    if not (isinstance(queue, deque) and type(limit) is int and callable(emit)):
+        _fastpaths.report(path, False, f"{type(processor).__name__}._batch_processor has no "
+                          "_queue/_max_queue_size/emit: queue counted by obskit")
+        return None, None, None
+    _fastpaths.report(path, True)
+    return queue, limit, emit
+
+
 class _CountingExporter(SpanExporter):
     """Counts exported and failed spans; a raising exporter becomes a FAILURE, not a crash."""
 
     def __init__(self, inner: SpanExporter, cat: Catalogue) -> None:
         self.inner = inner
         self._cat = cat
+        self.tally: _QueueTally | None = None  # set when the processor counts its queue itself
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.tally is not None:
+            self.tally.exported(len(spans))
         try:
             result = self.inner.export(spans)
         except Exception:
@@ -127,23 +190,31 @@ class DroppingBatchSpanProcessor(BatchSpanProcessor):
     """BatchSpanProcessor that drops silently (and counts) when its queue is full."""
 
     def __init__(self, exporter: SpanExporter, cat: Catalogue, **kwargs: Any) -> None:
-        super().__init__(_CountingExporter(exporter, cat), **kwargs)
+        counting = _CountingExporter(exporter, cat)
+        super().__init__(counting, **kwargs)
         self._cat = cat
-        bp = getattr(self, "_batch_processor", None)
-        self._queue = getattr(bp, "_queue", None)
-        self._max = getattr(bp, "_max_queue_size", None)
         self._dropped = cat.spans_dropped.labels("queue_full")
-        self._emit = getattr(bp, "emit", None)
+        self._queue, self._max, self._emit = _private_queue(self, "span_queue_drop")
+        self._tally: _QueueTally | None = None
+        if self._queue is None:
+            self._tally = counting.tally = _QueueTally(
+                _queue_limit(kwargs, "OTEL_BSP_MAX_QUEUE_SIZE"))
 
     def on_end(self, span: ReadableSpan) -> None:
         q = self._queue
-        if q is not None and len(q) >= self._max:  # type: ignore[operator]
+        if q is not None:
+            if len(q) >= self._max:  # type: ignore[operator]
+                if span.context is not None and span.context.trace_flags.sampled:
+                    self._dropped.inc()
+                return
+            # BatchSpanProcessor.on_end without a second dispatch
             if span.context is not None and span.context.trace_flags.sampled:
-                self._dropped.inc()
+                self._emit(span)  # type: ignore[misc]
             return
-        if self._emit is not None:  # BatchSpanProcessor.on_end without a second dispatch
-            if span.context is not None and span.context.trace_flags.sampled:
-                self._emit(span)
+        if span.context is None or not span.context.trace_flags.sampled:
+            return  # BatchSpanProcessor exports sampled spans only
+        if self._tally is not None and not self._tally.admit():
+            self._dropped.inc()
             return
         super().on_end(span)
 
@@ -276,8 +347,7 @@ def _context_json(ctx: trace.SpanContext) -> dict[str, str]:
 def _attributes_json(attributes: Any) -> dict[str, Any] | None:
     if attributes is None or isinstance(attributes, dict):
         return attributes
-    data = getattr(attributes, "_dict", None)  # the SDK's BoundedAttributes: read, not copied
-    return data if type(data) is dict else dict(attributes)
+    return dict(attributes)
 
 
 def _iso(ns: int) -> str:
@@ -350,21 +420,70 @@ def _scope_key(rs: Any, ss: Any) -> tuple[bytes, str, bytes, str]:
             ss.scope.SerializeToString(deterministic=True), ss.schema_url)
 
 
+def _overrides_translate(exporter_class: Any) -> bool:
+    """True when the SDK exporter has the ``_translate_data`` hook the stepped exporters
+    override (tests/test_fastpaths.py checks that ``export`` really calls it)."""
+    return callable(getattr(exporter_class, "_translate_data", None))
+
+
+def grpc_span_exporter_class() -> Any:
+    """The SDK's gRPC OTLP span exporter, encoding a batch in steps (``encode_in_steps``) when
+    the ``stepped_otlp_spans`` fast path is on; decides and reports it."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    if not _fastpaths.enabled("stepped_otlp_spans"):
+        _fastpaths.report("stepped_otlp_spans", False, "disabled")
+        return OTLPSpanExporter
+    if not _overrides_translate(OTLPSpanExporter):
+        _fastpaths.report("stepped_otlp_spans", False,
+                          "OTLPSpanExporter does not encode through _translate_data")
+        return OTLPSpanExporter
+
+    class SteppedOTLPSpanExporter(OTLPSpanExporter):  # type: ignore[misc]
+        """The SDK's gRPC span exporter, encoding a batch in steps (``encode_in_steps``)."""
+
+        def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
+            return encode_in_steps(data)
+
+    _fastpaths.report("stepped_otlp_spans", True)
+    return SteppedOTLPSpanExporter
+
+
+def grpc_log_exporter_class() -> Any:
+    """The gRPC OTLP log exporter, stepped when ``stepped_otlp_logs`` is on (see above)."""
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+    if not _fastpaths.enabled("stepped_otlp_logs"):
+        _fastpaths.report("stepped_otlp_logs", False, "disabled")
+        return OTLPLogExporter
+    try:  # the encoder's module is the SDK's own (private) one: without it, plain export
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    except ImportError:
+        _fastpaths.report("stepped_otlp_logs", False,
+                          "opentelemetry.exporter.otlp.proto.common._log_encoder is missing")
+        return OTLPLogExporter
+    if not _overrides_translate(OTLPLogExporter):
+        _fastpaths.report("stepped_otlp_logs", False,
+                          "OTLPLogExporter does not encode through _translate_data")
+        return OTLPLogExporter
+
+    class SteppedOTLPLogExporter(OTLPLogExporter):  # type: ignore[misc]
+        """The SDK's gRPC log exporter, encoding a batch in steps (``encode_in_steps``)."""
+
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            return encode_in_steps(data, encode_logs, LOG_LAYERS)
+
+    _fastpaths.report("stepped_otlp_logs", True)
+    return SteppedOTLPLogExporter
+
+
 def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     endpoint = settings.otlp_endpoint.rstrip("/")
     headers = settings.otlp_headers or None
     if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        class SteppedOTLPSpanExporter(OTLPSpanExporter):  # type: ignore[misc]
-            """The SDK's gRPC span exporter, encoding a batch in steps (``encode_in_steps``)."""
-
-            def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-                return encode_in_steps(data)
-
         insecure = endpoint.startswith("http://")
-        return SteppedOTLPSpanExporter(endpoint=endpoint, headers=headers, insecure=insecure,
-                                       timeout=settings.otlp_timeout)
+        return grpc_span_exporter_class()(endpoint=endpoint, headers=headers, insecure=insecure,
+                                          timeout=settings.otlp_timeout)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
@@ -377,24 +496,9 @@ def _otlp_log_exporter(settings: Settings) -> Any:
     endpoint = settings.otlp_endpoint.rstrip("/")
     headers = settings.otlp_headers or None
     if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        exporter_class: Any = OTLPLogExporter
-        try:  # the encoder's module is the SDK's own (private) one: without it, plain export
-            from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-        except ImportError:
-            pass
-        else:
-            class SteppedOTLPLogExporter(OTLPLogExporter):  # type: ignore[misc]
-                """The SDK's gRPC log exporter, encoding a batch in steps (``encode_in_steps``)."""
-
-                def _translate_data(self, data: Sequence[Any]) -> Any:
-                    return encode_in_steps(data, encode_logs, LOG_LAYERS)
-
-            exporter_class = SteppedOTLPLogExporter
-        return exporter_class(endpoint=endpoint, headers=headers,
-                              insecure=endpoint.startswith("http://"),
-                              timeout=settings.otlp_timeout)
+        return grpc_log_exporter_class()(endpoint=endpoint, headers=headers,
+                                         insecure=endpoint.startswith("http://"),
+                                         timeout=settings.otlp_timeout)
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter as HttpLogExporter,
     )
@@ -432,19 +536,43 @@ def setup_tracer_provider(settings: Settings, cat: Catalogue,
     return provider
 
 
-class _CountingLogProcessor:
-    """Wraps a BatchLogRecordProcessor: counts drops on a full queue instead of logging each."""
+class _TallyingLogExporter:
+    """A log exporter that tells the processor's ``_QueueTally`` what left its queue."""
 
-    def __init__(self, inner: Any, cat: Catalogue) -> None:
-        self._inner = inner
-        bp = getattr(inner, "_batch_processor", None)
-        self._queue = getattr(bp, "_queue", None)
-        self._max = getattr(bp, "_max_queue_size", None)
+    def __init__(self, inner: Any, tally: _QueueTally) -> None:
+        self.inner = inner
+        self.tally = tally
+
+    def export(self, batch: Sequence[Any]) -> Any:
+        self.tally.exported(len(batch))
+        return self.inner.export(batch)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+class _CountingLogProcessor:
+    """A BatchLogRecordProcessor that counts drops on a full queue instead of logging each."""
+
+    def __init__(self, exporter: Any, cat: Catalogue, **kwargs: Any) -> None:
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        self._tally = _QueueTally(_queue_limit(kwargs, "OTEL_BLRP_MAX_QUEUE_SIZE"))
+        self._inner = BatchLogRecordProcessor(
+            _TallyingLogExporter(exporter, self._tally), **kwargs)  # type: ignore[arg-type]
+        self._queue, self._max, _ = _private_queue(self._inner, "log_queue_drop")
         self._dropped = cat.logs_dropped.labels("queue_full")
 
     def on_emit(self, log_record: Any) -> None:
         q = self._queue
-        if q is not None and len(q) >= self._max:  # type: ignore[operator]
+        if q is not None:
+            if len(q) >= self._max:  # type: ignore[operator]
+                self._dropped.inc()
+                return
+        elif not self._tally.admit():
             self._dropped.inc()
             return
         self._inner.on_emit(log_record)
@@ -460,11 +588,10 @@ class _CountingLogProcessor:
 
 def build_logger_provider(settings: Settings, resource: Resource, cat: Catalogue) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_log_record_processor(
-        _CountingLogProcessor(BatchLogRecordProcessor(_otlp_log_exporter(settings)), cat)  # type: ignore[arg-type]
+        _CountingLogProcessor(_otlp_log_exporter(settings), cat)  # type: ignore[arg-type]
     )
     return provider
 
@@ -474,17 +601,68 @@ def set_attributes_fast(span: Any, attributes: dict[str, Any]) -> None:
 
     The SDK validates and locks per attribute (~0.7 µs each, ~30 % of a server span's cost);
     obskit's own values are already valid OTel types, so they go straight into the span's
-    attribute store. Anything unexpected — another SDK version, limits that could be exceeded,
-    a value-length limit, a non-SDK span — takes the public ``set_attributes`` path.
+    attribute store (the ``span_attributes_direct`` fast path). Anything unexpected — another
+    SDK version, limits that could be exceeded, a value-length limit, a non-SDK span — takes the
+    public ``set_attributes`` path.
     """
     if type(span) is LeanSpan:
         span.set_trusted_attributes(attributes)
         return
-    store = getattr(span, "_attributes", None)
-    data = getattr(store, "_dict", None)
-    if (type(data) is dict and getattr(store, "_immutable", True) is False
-            and getattr(store, "max_value_len", 0) is None
-            and len(data) + len(attributes) <= (getattr(store, "maxlen", 0) or 0)):
-        data.update(attributes)
-    else:
-        span.set_attributes(attributes)
+    if _direct_attributes:
+        store = getattr(span, "_attributes", None)
+        data = getattr(store, "_dict", None)
+        if (type(data) is dict and getattr(store, "_immutable", True) is False
+                and getattr(store, "max_value_len", 0) is None
+                and len(data) + len(attributes) <= (getattr(store, "maxlen", 0) or 0)):
+            data.update(attributes)
+            return
+    span.set_attributes(attributes)
+
+
+def _check_direct_attributes() -> bool:
+    """Decide (once, at import) and report ``span_attributes_direct``: a direct write must read
+    back from an SDK span like ``set_attributes``."""
+    global _direct_attributes
+    _direct_attributes = False
+    if not _fastpaths.enabled("span_attributes_direct"):
+        _fastpaths.report("span_attributes_direct", False, "disabled")
+        return False
+    reason = ""
+    try:
+        span = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False).get_tracer(
+            "obskit.check").start_span("check")
+        _direct_attributes = True
+        set_attributes_fast(span, {"a": 1, "b": "x"})
+        store = getattr(span, "_attributes", None)
+        data = getattr(store, "_dict", None)
+        if type(data) is not dict or data != {"a": 1, "b": "x"}:
+            reason = "Span._attributes is not a BoundedAttributes with a _dict"
+        elif getattr(store, "max_value_len", 0) is not None:
+            reason = "a span attribute length limit is set"
+        elif dict(span.attributes) != {"a": 1, "b": "x"}:  # type: ignore[attr-defined]
+            reason = "a direct write does not read back from Span.attributes"
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    _direct_attributes = not reason
+    _fastpaths.report("span_attributes_direct", _direct_attributes, reason)
+    return _direct_attributes
+
+
+_direct_attributes = False
+_check_direct_attributes()
+
+
+def probe_fast_paths() -> None:
+    """Decide (and report) the exporter fast paths with throwaway processors: ``obskit doctor``.
+    ``span_attributes_direct`` decided at import."""
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, InMemoryLogExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    for processor, path in ((BatchSpanProcessor(InMemorySpanExporter()), "span_queue_drop"),
+                            (BatchLogRecordProcessor(InMemoryLogExporter()), "log_queue_drop")):
+        try:
+            _private_queue(processor, path)
+        finally:
+            processor.shutdown()
+    grpc_span_exporter_class()
+    grpc_log_exporter_class()

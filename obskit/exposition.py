@@ -79,9 +79,9 @@ class _MultiProcessRegistry(CollectorRegistry):
         multiprocess.MultiProcessCollector(self, path)
 
     def collect(self):  # type: ignore[no-untyped-def]
-        from obskit import _logging
+        from obskit import _deferred
 
-        _logging.flush()  # this process's pending requests (others' wait <= 0.1 s)
+        _deferred.flush()  # this process's pending requests (others' wait <= 0.1 s)
         cleanup_dead_workers(self._path)
         return super().collect()
 

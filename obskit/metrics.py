@@ -27,6 +27,8 @@ from typing import Any
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from obskit import _deferred, _internal
+
 __all__ = [
     "FORBIDDEN_LABELS",
     "OVERFLOW",
@@ -66,11 +68,12 @@ class _Guarded:
     """
 
     __slots__ = ("metric", "name", "max_series", "_children", "_series", "_lock", "_overflow",
-                 "_n_labels")
+                 "_n_labels", "_bounds")
 
     def __init__(self, metric: Any, name: str, n_labels: int, max_series: int,
-                 overflow: Counter | None) -> None:
+                 overflow: Counter | None, bounds: tuple[float, ...] | None = None) -> None:
         self.metric = metric
+        self._bounds = bounds  # a histogram's buckets: its children take exemplars
         self.name = name
         self.max_series = max_series
         self._n_labels = n_labels
@@ -96,11 +99,17 @@ class _Guarded:
                     key = (OVERFLOW,) * self._n_labels
                     child = self._series.get(key)
                     if child is None:
-                        child = self._series[key] = self.metric.labels(*key)
+                        child = self._series[key] = self._new_child(key)
                     return child
-                child = self._series[key] = self.metric.labels(*key)
+                child = self._series[key] = self._new_child(key)
             if len(self._children) < 4 * self.max_series:
                 self._children[values] = child
+        return child
+
+    def _new_child(self, key: tuple[str, ...]) -> Any:
+        child = self.metric.labels(*key)
+        if self._bounds is not None:
+            _bounds[child] = self._bounds
         return child
 
     def __getattr__(self, item: str) -> Any:
@@ -113,11 +122,14 @@ class _Guarded:
 #: tail) still gets the trace of its first request after each interval.
 EXEMPLAR_INTERVAL = 1.0
 _exemplar_at: dict[tuple[Any, int], float] = {}  # (histogram child, bucket index) -> monotonic
+#: The bucket bounds of the catalogue's histogram children (they take exemplars); a histogram
+#: declared elsewhere takes none.
+_bounds: dict[Any, tuple[float, ...]] = {}
 
 
 def _exemplar_due(child: Any, value: float) -> tuple[Any, int] | None:
     """The (child, bucket) key when ``value``'s bucket may take a new exemplar now, else None."""
-    bounds = getattr(child, "_upper_bounds", None)
+    bounds = _bounds.get(child)
     if bounds is None:
         return None
     key = (child, bisect_left(bounds, value))
@@ -141,65 +153,6 @@ def observe_traced(child: Any, value: float, trace_id: str | None) -> None:
     """Observe ``value``; ``trace_id`` becomes the bucket's exemplar unless it got one lately."""
     if trace_id is None or not observe_exemplar(child, value, trace_id):
         child.observe(value)
-
-
-class Sums:
-    """Histogram observations and gauge moves summed until ``apply()``: then one ``inc`` per
-    touched bucket, histogram sum and gauge, where each observation would take three locked
-    ``inc`` calls of prometheus-client (a histogram's sum and bucket, the in-flight gauge).
-
-    The log writer's batches use one (``_logging.after_batch``): the HTTP middlewares' requests
-    are summed while a batch runs and applied at its end, before anyone can read them (a scrape
-    writes the pending batch first). Not thread-safe by itself: its owner serialises ``observe``,
-    ``move`` and ``apply``. A histogram of another prometheus-client layout is observed at once.
-    """
-
-    __slots__ = ("_histograms", "_gauges")
-
-    def __init__(self) -> None:
-        self._histograms: dict[Any, list[Any]] = {}  # child -> [sum, counts per bucket, bounds]
-        self._gauges: dict[Any, float] = {}  # what has inc(): a gauge child or its value
-
-    def observe(self, child: Any, value: float) -> None:
-        entry = self._histograms.get(child)
-        if entry is None:
-            bounds = getattr(child, "_upper_bounds", None)
-            buckets = getattr(child, "_buckets", None)
-            if (bounds is None or buckets is None or len(bounds) != len(buckets)
-                    or not hasattr(child, "_sum")):
-                child.observe(value)
-                return
-            entry = self._histograms[child] = [0.0, [0] * len(bounds), bounds]
-        bounds = entry[2]
-        i = bisect_left(bounds, value)  # the first bucket whose bound is >= value
-        if i == len(bounds) or not value <= bounds[i]:  # NaN: in no bucket, as prometheus-client
-            child.observe(value)
-            return
-        entry[0] += value
-        entry[1][i] += 1
-
-    def move(self, gauge: Any, amount: float) -> None:
-        self._gauges[gauge] = self._gauges.get(gauge, 0) + amount
-
-    def apply(self) -> None:
-        histograms, gauges = self._histograms, self._gauges
-        if histograms:
-            self._histograms = {}
-            for child, (total, counts, _) in histograms.items():
-                child._sum.inc(total)
-                buckets = child._buckets
-                for i, n in enumerate(counts):
-                    if n:
-                        buckets[i].inc(n)
-        if gauges:
-            self._gauges = {}
-            for gauge, amount in gauges.items():
-                if amount:
-                    gauge.inc(amount)
-
-    def clear(self) -> None:
-        self._histograms = {}
-        self._gauges = {}
 
 
 def observe_span(child: Any, value: float, span: Any) -> None:
@@ -228,15 +181,14 @@ def observe(histogram_child: Any, value: float) -> None:
 
 
 class _WritePendingFirst:
-    """A collector with no metrics: writes the log writer's pending batch when collected."""
+    """A collector with no metrics: takes the pending batch of deferred work (finished requests
+    whose metrics are not recorded yet) when collected."""
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
-        from obskit import _logging
-
-        _logging.flush()
+        _deferred.flush()
         return []
 
 
@@ -248,12 +200,15 @@ class Catalogue:
         self.registry = REGISTRY if registry is None else registry
         self._max_series = max_series
         # First in the registry, so every scrape (and get_sample_value) sees the requests that
-        # wait in the log writer's batch (obskit.integrations._http.finish).
+        # wait in the deferred batch (obskit.integrations._http.finish).
         self.registry.register(_WritePendingFirst())
         self.families: dict[str, _Guarded] = {}
-        self.series_overflow = Counter(
-            "obskit_metrics_series_overflow", "Label sets folded into __overflow__ by the "
-            "cardinality guard, by family.", ["family"], registry=self.registry)
+        self.described: dict[str, tuple[str, Sequence[str], str]] = {}  # name: type, labels, doc
+        overflow_doc = "Label sets folded into __overflow__ by the cardinality guard, by family."
+        self.described["obskit_metrics_series_overflow_total"] = ("counter", ["family"],
+                                                                  overflow_doc)
+        self.series_overflow = Counter("obskit_metrics_series_overflow", overflow_doc, ["family"],
+                                       registry=self.registry)
 
         # --- HTTP server (RED by method, route template, status code) -------------------
         self.http_server_duration = self.histogram(
@@ -395,30 +350,36 @@ class Catalogue:
                 "logs or exemplars instead"
             )
 
-    def _wrap(self, metric: Any, name: str, labels: Sequence[str]) -> Any:
+    def _wrap(self, metric: Any, name: str, kind: str, doc: str, labels: Sequence[str],
+              bounds: tuple[float, ...] | None = None) -> Any:
+        self.described[name] = (kind, labels, doc)
         if not labels:
             self.families[name] = metric
+            if bounds is not None:
+                _bounds[metric] = bounds
             return metric
-        guarded = _Guarded(metric, name, len(labels), self._max_series, self.series_overflow)
+        guarded = _Guarded(metric, name, len(labels), self._max_series, self.series_overflow,
+                           bounds)
         self.families[name] = guarded
         return guarded
 
     def counter(self, name: str, doc: str, labels: Sequence[str]) -> Any:
         self._check(name, labels)
         return self._wrap(Counter(name, doc, list(labels), registry=self.registry),
-                          name + "_total", labels)
+                          name + "_total", "counter", doc, labels)
 
     def histogram(self, name: str, doc: str, labels: Sequence[str],
                   buckets: Sequence[float] = LATENCY_BUCKETS) -> Any:
         self._check(name, labels)
         return self._wrap(Histogram(name, doc, list(labels), registry=self.registry,
-                                    buckets=buckets), name, labels)
+                                    buckets=buckets), name, "histogram", doc, labels,
+                          tuple(float(b) for b in buckets))
 
     def gauge(self, name: str, doc: str, labels: Sequence[str],
               multiprocess_mode: Any = "livesum") -> Any:
         self._check(name, labels)
         return self._wrap(Gauge(name, doc, list(labels), registry=self.registry,
-                                multiprocess_mode=multiprocess_mode), name, labels)
+                                multiprocess_mode=multiprocess_mode), name, "gauge", doc, labels)
 
 
 # Keyed by the registry object itself (weakly): an id() could be reused by a new registry
@@ -458,13 +419,17 @@ def markdown_table() -> str:
     """The catalogue as the table in docs/metrics.md (``python -m obskit.metrics``)."""
     cat = Catalogue(CollectorRegistry())
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    entries = [("obskit_metrics_series_overflow_total", cat.series_overflow),
-               *cat.families.items()]
-    for name, fam in sorted(entries):
-        m: Any = getattr(fam, "metric", fam)
-        labels = ", ".join(f"`{lbl}`" for lbl in m._labelnames) or "—"
-        rows.append(f"| `{name}` | {m._type} | {labels} | {m._documentation} |")
+    for name, (kind, labelnames, doc) in sorted(cat.described.items()):
+        labels = ", ".join(f"`{lbl}`" for lbl in labelnames) or "—"
+        rows.append(f"| `{name}` | {kind} | {labels} | {doc} |")
     return "\n".join(rows)
+
+
+def _count_internal_error(component: str) -> None:
+    catalogue().internal_errors.labels(component).inc()
+
+
+_internal.count_errors_with(_count_internal_error)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ def test_console_format_is_readable_not_json():
         raise AssertionError("console format printed JSON")
 
 
-def _json_lines(path):
-    return [json.loads(ln) for ln in path.read_text().splitlines()]
+def _json_lines(path):  # without init()'s own start-up report (obskit's fast paths)
+    return [json.loads(ln) for ln in path.read_text().splitlines()
+            if '"obskit fast paths ' not in ln]
 
 
 def test_lines_to_a_file_are_batched_and_complete_after_flush(tmp_path):
@@ -156,7 +157,7 @@ def test_lines_to_a_file_are_batched_and_complete_after_flush(tmp_path):
 def test_batched_lines_from_threads_keep_their_order_and_overflow_is_written_inline(tmp_path):
     import threading
 
-    from obskit import _logging
+    from obskit import _deferred
 
     path = tmp_path / "out.log"
     with path.open("w") as stream:
@@ -173,7 +174,7 @@ def test_batched_lines_from_threads_keep_their_order_and_overflow_is_written_inl
             t.start()
         for t in threads:
             t.join()
-        assert len(_logging._writer._pending) < _logging._Writer.MAX_PENDING
+        assert len(_deferred._pending) < _deferred.MAX_PENDING
         obskit.shutdown()
         lines = _json_lines(path)
     assert len(lines) == 6000
@@ -208,7 +209,8 @@ def test_a_forked_child_starts_its_own_flusher(tmp_path):
     """The writer knows its process by a fork hook, not by asking getpid() per line: a child's
     lines are written by a flusher thread of its own, with no explicit flush."""
     import os
-    import time
+
+    from obskit.testing import wait_for
 
     path = tmp_path / "out.log"
     with path.open("w") as stream:
@@ -218,147 +220,18 @@ def test_a_forked_child_starts_its_own_flusher(tmp_path):
         obskit.get_handle().force_flush()
         pid = os.fork()
         if pid == 0:
+            code = 1
             try:
                 obskit.get_logger("x").info("child, flushed by its own thread")
-                time.sleep(1.0)  # ten flush intervals
+                wait_for(lambda: "flushed by its own thread" in path.read_text(), timeout=5,
+                         interval=0.01)
+                code = 0
             finally:
-                os._exit(0)  # no atexit hooks, no flush
-        os.waitpid(pid, 0)
+                os._exit(code)  # no atexit hooks, no flush
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's flusher never wrote its line"
         obskit.shutdown()
     events = [ln["event"] for ln in _json_lines(path)]
     assert events == ["parent", "child, flushed by its own thread"]
 
 
-def test_a_closed_writer_writes_at_once_instead_of_queueing(tmp_path):
-    from obskit._logging import _Writer
-
-    path = tmp_path / "out.log"
-    with path.open("w") as stream:
-        writer = _Writer(stream)
-        writer.write("queued")
-        assert path.read_text() == ""  # a file: batched
-        writer.close()  # flushes; its flusher thread stops
-        assert path.read_text() == "queued\n"
-        writer.write("late")  # e.g. from an atexit hook after shutdown: nobody would flush it
-        assert path.read_text() == "queued\nlate\n"
-
-
-def test_deferred_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
-        tmp_path, monkeypatch):
-    import io
-
-    from obskit._logging import _Writer
-
-    monkeypatch.setenv("OBSKIT_RAISE_INTERNAL_ERRORS", "0")
-    monkeypatch.setattr(_Writer, "FLUSH_INTERVAL", 60.0)  # only flush() writes here
-    ran = []
-
-    def work(record):
-        arg = record[1]
-        ran.append(arg)
-        if arg == "broken":
-            raise RuntimeError("bookkeeping bug")
-        return None if arg == "silent" else f"made {arg}"
-
-    path = tmp_path / "out.log"
-    with path.open("w") as stream:
-        writer = _Writer(stream)
-        writer.write("first")
-        for arg in ("a", "silent", "broken", "b"):
-            writer.defer((work, arg))
-        writer.write("last")
-        assert ran == [] and path.read_text() == ""  # a file: all of it waits for the batch
-        writer.flush()
-        assert ran == ["a", "silent", "broken", "b"]
-        assert path.read_text() == "first\nmade a\nmade b\nlast\n"
-        writer.close()
-
-    captured = io.StringIO()  # not a file: lines and work at once
-    writer = _Writer(captured)
-    writer.defer((work, "now"))
-    assert captured.getvalue() == "made now\n"
-
-
-def test_deferred_work_from_threads_runs_once_each_in_order_past_the_inline_threshold(tmp_path):
-    import threading
-
-    from obskit._logging import _Writer
-
-    path = tmp_path / "out.log"
-    with path.open("w") as stream:
-        writer = _Writer(stream)
-
-        def worker(n):
-            for i in range(1000):  # past MAX_PENDING: the threads write batches themselves too
-                if i % 3:
-                    writer.defer((lambda rec: f"{rec[1]}:{rec[2]}", n, i))
-                else:
-                    writer.write(f"{n}:{i}")
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        writer.close()
-        lines = path.read_text().splitlines()
-    assert len(lines) == 4000
-    for n in range(4):
-        assert [int(x.split(":")[1]) for x in lines if x.startswith(f"{n}:")] == list(range(1000))
-
-
-def test_batch_hooks_run_after_each_batch_and_serialised_with_records_written_at_once(
-        tmp_path, monkeypatch):
-    import threading
-    import time
-
-    from obskit import _logging
-    from obskit._logging import _Writer
-
-    monkeypatch.setattr(_Writer, "FLUSH_INTERVAL", 60.0)
-    monkeypatch.setattr(_logging, "_batch_hooks", [])
-    state = {"open": [], "applied": 0, "batches": 0}
-
-    def add(record):  # a request's deferred bookkeeping adds to what the hook applies (Sums)
-        sums = state["open"]
-        time.sleep(1e-6)  # another thread runs here: a hook running now would lose this record
-        sums.append(1)
-        return None
-
-    def apply():
-        sums, state["open"] = state["open"], []
-        state["applied"] += len(sums)
-        state["batches"] += 1
-
-    _logging.after_batch(apply)
-    _logging.after_batch(apply)  # registered once
-    path = tmp_path / "out.log"
-    with path.open("w") as stream:
-        writer = _Writer(stream)
-        for _ in range(10):
-            writer.defer((add,))
-        writer.write("a plain line")
-        assert (state["applied"], state["batches"]) == (0, 0)
-        writer.flush()
-        assert (state["applied"], state["batches"]) == (10, 1)
-        writer.write("lines only")
-        writer.flush()
-        assert state["batches"] == 1  # a batch without deferred records runs no hooks
-        writer.close()
-
-    # Not a file: each record runs at once in its caller's thread, the hooks right after it,
-    # and no other thread's hook may run in between.
-    writer = _Writer(io.StringIO())
-    start = threading.Barrier(4)
-
-    def worker():
-        start.wait()
-        for _ in range(200):
-            writer.defer((add,))
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert state["applied"] == 10 + 800 and state["open"] == []

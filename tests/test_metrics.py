@@ -1,6 +1,4 @@
-import math
 import re
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -115,65 +113,29 @@ def test_catalogue_matches_docs(repo_root):
         assert not re.search(r"_(ms|milliseconds|count)$", name), name
 
 
-def test_sums_apply_exactly_what_observing_one_by_one_gives():
-    from obskit.metrics import Sums
-
-    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 7.0, 1e9, 0.005]  # bounds themselves too
-    one_by_one, summed = CollectorRegistry(), CollectorRegistry()
-    direct = Catalogue(one_by_one)
-    batched = Catalogue(summed)
-    sums = Sums()
-    for v in values:
-        direct.db_duration.labels("postgresql", "SELECT").observe(v)
-        sums.observe(batched.db_duration.labels("postgresql", "SELECT"), v)
-    direct.http_server_active.labels("GET").inc(3)
-    direct.http_server_active.labels("GET").dec(1)
-    direct.http_server_active.labels("POST")
-    sums.move(batched.http_server_active.labels("GET"), 3)
-    sums.move(batched.http_server_active.labels("GET"), -1)
-    sums.move(batched.http_server_active.labels("POST"), 0)
-
-    def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(om_latest(reg).decode())
-                for s in f.samples if not s.name.endswith("_created")}
-
-    before = samples(summed)
-    assert before[("db_client_operation_duration_seconds_count",
-                   (("db_system", "postgresql"), ("operation", "SELECT")))] == 0
-    sums.apply()
-    assert samples(summed) == samples(one_by_one)
-    sums.apply()  # applied once: nothing left to add
-    assert samples(summed) == samples(one_by_one)
-
-
-def test_sums_observe_what_has_no_bucket_at_once():
+def test_exemplars_go_to_the_catalogues_histograms_once_per_bucket_and_interval():
+    """Throttled per bucket by the buckets the catalogue declared (prometheus-client's own
+    bucket bounds are private); a histogram declared elsewhere takes no exemplar."""
     from prometheus_client import Histogram
 
-    from obskit.metrics import Sums
+    from obskit.metrics import observe_traced
 
-    reg, direct = CollectorRegistry(), CollectorRegistry()
-    h = Histogram("h_seconds", "h", registry=reg)
-    Histogram("h_seconds", "h", registry=direct).observe(float("nan"))
-    sums = Sums()
-    sums.observe(h, float("nan"))  # NaN is in no bucket: observed as prometheus-client does
-    sums.observe(h, 0.2)
-    sums.apply()
-    assert reg.get_sample_value("h_seconds_count") == 1  # the +Inf bucket never takes NaN
-    assert reg.get_sample_value("h_seconds_bucket", {"le": "0.25"}) == 1
-    assert reg.get_sample_value("h_seconds_bucket", {"le": "0.005"}) == 0
-    assert math.isnan(reg.get_sample_value("h_seconds_sum"))
-    assert direct.get_sample_value("h_seconds_count") == 0
-    assert math.isnan(direct.get_sample_value("h_seconds_sum"))
+    reg = CollectorRegistry()
+    child = Catalogue(reg).db_duration.labels("postgresql", "SELECT")
+    observe_traced(child, 0.003, "a" * 32)
+    observe_traced(child, 0.004, "b" * 32)  # same bucket, within the interval: no new exemplar
+    observe_traced(child, 0.3, "c" * 32)  # another bucket
+    text = om_latest(reg).decode()
+    assert text.count('trace_id="') == 2
+    assert 'le="0.005",operation="SELECT"} 2.0 # {trace_id="' + "a" * 32 in text
+    assert "c" * 32 in text and "b" * 32 not in text
+    assert reg.get_sample_value("db_client_operation_duration_seconds_count",
+                                {"db_system": "postgresql", "operation": "SELECT"}) == 3
 
-    class Plain:  # not a prometheus-client histogram child
-        def __init__(self) -> None:
-            self.seen: list[float] = []
+    other = CollectorRegistry()
+    plain = Histogram("h_seconds", "h", registry=other)
+    observe_traced(plain, 0.2, "d" * 32)
+    assert other.get_sample_value("h_seconds_count") == 1
+    assert "trace_id" not in om_latest(other).decode()
 
-        def observe(self, value: float) -> None:
-            self.seen.append(value)
 
-    plain = Plain()
-    sums.observe(plain, 0.25)
-    assert plain.seen == [0.25]
-    sums.apply()

@@ -1,8 +1,9 @@
 """``obskit doctor``: what obskit would do in this environment, and whether it can.
 
 Prints the effective configuration (with where each value came from; secrets masked), which
-integrations would be active, and whether the OTLP endpoint and the metrics port are reachable.
-Exit code 0 when everything configured is reachable, 1 otherwise.
+integrations would be active, which fast paths are active (and why one is off), and whether the
+OTLP endpoint and the metrics port are reachable. Exit code 0 when everything configured is
+reachable, 1 otherwise; a fast path that is off is a warning, not a failure.
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ def _integrations(settings: _config.Settings) -> list[dict[str, str]]:
     return out
 
 
+def _fast_paths() -> list[dict[str, Any]]:
+    """Each fast path ``active``, ``off`` (with the reason) or ``undecided``, after probing."""
+    from obskit import _fastpaths
+
+    _fastpaths.probe()
+    out = []
+    for path, active, reason in _fastpaths.status():
+        state = "undecided" if active is None else "active" if active else "off"
+        item: dict[str, Any] = {"name": path.name, "state": state}
+        if state == "off":
+            item["detail"] = reason
+            item["warning"] = not _fastpaths.quiet_reason(reason)
+        out.append(item)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = _config.resolve({})
@@ -138,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             for name, value in settings.masked().items()
         },
         "integrations": _integrations(settings),
+        "fast_paths": _fast_paths(),
         "otlp": _otlp_check(settings, args.timeout),
         "metrics": _metrics_check(settings, args.timeout),
         "journey": _journey_check(settings, args.timeout),
@@ -156,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     for item in report["integrations"]:
         detail = f" ({item['detail']})" if item.get("detail") else ""
         print(f"  {item['name']:<12} {item['state']}{detail}")
+    print("\nfast paths:")
+    for item in report["fast_paths"]:
+        detail = f" ({item['detail']})" if item.get("detail") else ""
+        print(f"  {item['name']:<26} {item['state']}{detail}")
     mark = {True: "ok  ", False: "FAIL"}
     print(f"\nOTLP endpoint   {mark[report['otlp']['ok']]} {report['otlp']['detail']}")
     print(f"metrics port    {mark[report['metrics']['ok']]} {report['metrics']['detail']}")

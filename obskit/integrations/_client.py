@@ -68,14 +68,10 @@ def prefer_stable_http_semconv() -> None:
     """Make the contrib HTTP instrumentors use the stable HTTP semantic conventions
     (``http.request.method``, ``http.response.status_code``, like obskit's server spans).
 
-    Their only switch is ``OTEL_SEMCONV_STABILITY_OPT_IN``, read once per process on first use;
-    an explicit value set by the user is kept.
+    Their only switch is ``OTEL_SEMCONV_STABILITY_OPT_IN``, read once per process on first use
+    (so it takes effect when no contrib instrumentor was set up before ``init()``); an explicit
+    value set by the user is kept.
     """
     import os
 
-    from opentelemetry.instrumentation._semconv import (
-        _OpenTelemetrySemanticConventionStability as Stability,
-    )
-
-    if not Stability._initialized and "OTEL_SEMCONV_STABILITY_OPT_IN" not in os.environ:
-        os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")

@@ -7,7 +7,6 @@ becomes a pass-through after ``shutdown()`` and picks up a new ``init()``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from random import getrandbits as _getrandbits
 from time import perf_counter
@@ -22,10 +21,10 @@ from opentelemetry.trace import TraceFlags as _TraceFlags
 from opentelemetry.trace import TraceState as _TraceState
 from opentelemetry.trace import set_span_in_context as _set_span_in_context
 
-from obskit import _logging
+from obskit import _deferred, _fastpaths, _logging
 from obskit._context import current_order
 from obskit._fastspan import FastTracer
-from obskit.metrics import Sums, observe_exemplar
+from obskit.metrics import observe_traced
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -34,7 +33,14 @@ if TYPE_CHECKING:
 # the request path reads it by index, no property call per field. Checked once: with another
 # layout it reads the properties.
 _EMPTY = _TraceState()
-_BY_INDEX = tuple(_SpanContext(3, 4, False, _TraceFlags(1))) == (3, 4, False, 1, _EMPTY, True)
+_BY_INDEX = False
+if not _fastpaths.enabled("span_context_by_index"):
+    _fastpaths.report("span_context_by_index", False, "disabled")
+else:
+    _BY_INDEX = (tuple(_SpanContext(3, 4, False, _TraceFlags(1)))
+                 == (3, 4, False, 1, _EMPTY, True))
+    _fastpaths.report("span_context_by_index", _BY_INDEX,
+                      "" if _BY_INDEX else "SpanContext is not the expected tuple")
 
 UNMATCHED = "__unmatched__"
 ACCESS_LOGGER = "obskit.access"
@@ -53,21 +59,16 @@ class ServerState:
     active: Any  # catalogue.http_server_active
     request_id: bool = True  # accept/generate X-Request-ID (the `request_id` option)
     server_timing: bool = False  # Server-Timing: app;dur=... (the `server_timing` option)
+    deferred: bool = True  # finished requests' bookkeeping in batches (a fast path)
     active_values: dict[str, Any] = field(default_factory=dict)  # active_for()'s, by method
 
     def active_for(self, method: str) -> Any:
-        """What counts ``method``'s requests in flight: ``.inc(1)`` at the start, ``.inc(-1)``
-        at the end. The gauge child's value itself where prometheus-client has one (the child's
-        ``inc``/``dec`` add three Python calls to each, on every request), else the child."""
-        value = self.active_values.get(method)
-        if value is None:
-            child = self.active.labels(method)
-            value = getattr(child, "_value", None)
-            if getattr(child, "_is_most_recent", True) or not callable(
-                    getattr(value, "inc", None)):
-                value = child  # another prometheus-client: its public inc()
-            self.active_values[method] = value  # methods are bounded (KNOWN_METHODS, _OTHER)
-        return value
+        """The child of ``http_server_active_requests`` counting ``method``'s requests in flight:
+        ``.inc(1)`` at the start, ``.inc(-1)`` with the request's metrics."""
+        child = self.active_values.get(method)
+        if child is None:  # methods are bounded (KNOWN_METHODS, _OTHER)
+            child = self.active_values[method] = self.active.labels(method)
+        return child
 
 
 _MAX_REQUEST_ID = 128
@@ -126,20 +127,84 @@ def add_request_fields(fields: dict[str, Any], request: dict[str, Any] | None,
             fields.setdefault(k, v)
 
 
+@dataclass(slots=True)
+class FinishedRequest:
+    """A served request waiting for its batch (``obskit._deferred``): ``run()`` records its RED
+    metrics and renders its access line there, off the request's path.
+
+    Plain values, not objects of their own (the ids as ints, not the ``SpanContext``): every
+    object that waits for the batch counts towards the garbage collector's next young
+    collection, and a batch holds up to 256 requests.
+    """
+
+    state: ServerState
+    active: Any  # what counted it in http_server_active_requests (None: nothing to undo)
+    method: str
+    route: str
+    status: int
+    duration: float  # seconds
+    trace_id: int  # 0: not traced
+    span_id: int
+    trace_flags: int
+    sampled: bool  # recorded and exported: its trace id may become an exemplar
+    path: str
+    client: str | None
+    request_id: str | None
+    request: dict[str, Any] | None  # what the handler put on the request (None: nothing)
+    order: tuple[str | None, str | None] | None  # the caller's order (``caller_order()``)
+    at: float  # time.time() when it finished
+
+    def run(self) -> str | None:
+        if self.active is not None:
+            self.active.inc(-1)
+        st = self.state
+        trace_int = self.trace_id
+        trace_id = span_id = None
+        if trace_int:
+            # %-formatting: ~50 ns less per id than format(); the same 32 and 16 hex digits.
+            trace_id = "%032x" % trace_int  # noqa: UP031
+            span_id = "%016x" % self.span_id  # noqa: UP031
+        method, route, status, duration = self.method, self.route, self.status, self.duration
+        observe_traced(st.duration.labels(method, route, status), duration,
+                       trace_id if self.sampled else None)
+        fields: dict[str, Any] = {"event": f"{method} {self.path} {status}",
+                                  "method": method, "route": route, "path": self.path,
+                                  "status_code": status,
+                                  "duration_ms": int(duration * 1_000_000 + 0.5) / 1000}
+        if self.client:
+            fields["client"] = self.client
+        if self.request_id is not None:
+            fields["request_id"] = self.request_id
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = span_id
+        if self.request is not None or self.order is not None:
+            add_request_fields(fields, self.request, self.order)
+        level = "error" if status >= 500 else "info"
+        if trace_id is None or not _logging.exporting:
+            return _logging.render(ACCESS_LOGGER, level, fields, self.at)
+        # The OTLP log record takes its trace ids from the current context: the request's.
+        sc = _SpanContext(trace_int, self.span_id, False, _TraceFlags(self.trace_flags))
+        token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
+        try:
+            return _logging.render(ACCESS_LOGGER, level, fields, self.at)
+        finally:
+            _detach(token)
+
+
 def finish(st: ServerState, active: Any, method: str, route: str, status: int, duration: float,
            span_context: Any, sampled: bool, path: str, client: str | None,
            request_id: str | None, request: dict[str, Any],
            order: tuple[str | None, str | None] | None) -> None:
-    """Hand a finished request to the log writer: its RED metrics and access line are made in
-    the writer's next batch (``_logging.defer``), off the request's path.
+    """Hand a finished request over (``_deferred.defer``): its RED metrics and access line are
+    made in the next batch, off the request's path.
 
     Measured in a loaded uvicorn server, the same bookkeeping costs ~10 µs less per request
-    done in batches than inline (docs/performance-http.md): run between the server's and the
-    framework's code, it finds nothing in the CPU caches. Its ``http_server_active_requests``
-    decrement waits for the batch too; a scrape writes the pending batch first
-    (``metrics.Catalogue``), so what it reads is exact.
+    done in batches than inline (docs/explanation/deferred-logging.md): run between the
+    server's and the framework's code, it finds nothing in the CPU caches. Its
+    ``http_server_active_requests`` decrement waits for the batch too; a scrape takes the
+    pending batch first (``metrics.Catalogue``), so what it reads is exact.
     """
-    # The ids as ints, not the SpanContext: one object less waiting for the batch.
     ids = span = flags = 0
     if span_context is not None:
         if _BY_INDEX:
@@ -148,61 +213,26 @@ def finish(st: ServerState, active: Any, method: str, route: str, status: int, d
         elif span_context.is_valid:  # pragma: no cover - another API version
             ids, span, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
     # The request's dict only when the handler added to it (order, fields): the usual one holds
-    # just the request id, which travels alone (one object less waiting for the batch).
-    _logging.defer((_record, st, active, method, route, status, duration, ids, span, flags,
-                    sampled, path, client, request_id,
-                    request if len(request) > ("request_id" in request) else None, order,
-                    _time()))
-
-
-#: The RED metrics of the requests in the log writer's current batch, applied at its end: one
-#: locked ``inc`` per touched bucket instead of three per request (``metrics.Sums``).
-_sums = Sums()
-_logging.after_batch(_sums.apply)
-if hasattr(os, "register_at_fork"):  # a batch interrupted by fork() is the parent's
-    os.register_at_fork(after_in_child=_sums.clear)
-
-
-def _record(rec: tuple[Any, ...]) -> str | None:
-    (_, st, active, method, route, status, duration, trace_int, span_int, flags, sampled, path,
-     client, request_id, request, order, at) = rec
-    if active is not None:  # what counted the request in http_server_active_requests
-        _sums.move(active, -1)
-    trace_id = span_id = None
-    if trace_int:
-        # %-formatting: ~50 ns less per id than format(); the same 32 and 16 hex digits.
-        trace_id = "%032x" % trace_int  # noqa: UP031
-        span_id = "%016x" % span_int  # noqa: UP031
-    child = st.duration.labels(method, route, status)
-    if not sampled or trace_id is None or not observe_exemplar(child, duration, trace_id):
-        _sums.observe(child, duration)
-    fields: dict[str, Any] = {"event": f"{method} {path} {status}",
-                              "method": method, "route": route, "path": path,
-                              "status_code": status,
-                              "duration_ms": int(duration * 1_000_000 + 0.5) / 1000}
-    if client:
-        fields["client"] = client
-    if request_id is not None:
-        fields["request_id"] = request_id
-    if trace_id is not None:
-        fields["trace_id"] = trace_id
-        fields["span_id"] = span_id
-    if request is not None or order is not None:
-        add_request_fields(fields, request, order)
-    level = "error" if status >= 500 else "info"
-    if trace_id is None or not _logging._exporting:
-        return _logging.render(ACCESS_LOGGER, level, fields, at)
-    # The OTLP log record takes its trace ids from the current context: the request's.
-    sc = _SpanContext(trace_int, span_int, False, _TraceFlags(flags))
-    token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
-    try:
-        return _logging.render(ACCESS_LOGGER, level, fields, at)
-    finally:
-        _detach(token)
+    # just the request id, which travels alone.
+    finished = FinishedRequest(
+        st, active, method, route, status, duration, ids, span, flags, sampled, path, client,
+        request_id, request if len(request) > ("request_id" in request) else None, order,
+        _time())
+    if st.deferred:
+        _deferred.defer(finished)
+    else:  # the fallback: the bookkeeping here, the line queued as any other
+        _deferred.run_now(finished)
 
 
 state: ServerState | None = None
 _users: set[str] = set()  # integrations that asked for the state (fastapi, starlette, flask)
+
+
+def probe_fast_path() -> bool:
+    """Decide (and report) ``http_deferred_bookkeeping``; ``obskit doctor`` asks too."""
+    deferred = _fastpaths.enabled("http_deferred_bookkeeping")
+    _fastpaths.report("http_deferred_bookkeeping", deferred, "" if deferred else "disabled")
+    return deferred
 
 
 def configure(handle: Handle, user: str) -> ServerState:
@@ -212,10 +242,12 @@ def configure(handle: Handle, user: str) -> ServerState:
     if handle.tracer_provider is not None:
         tracer = FastTracer(handle.tracer_provider.get_tracer("obskit.http.server"))
     cat = handle.catalogue
+    deferred = probe_fast_path()
     state = ServerState(tracer=tracer, duration=cat.http_server_duration,
                         active=cat.http_server_active,
                         request_id=bool(handle.settings.request_id),
-                        server_timing=bool(handle.settings.server_timing))
+                        server_timing=bool(handle.settings.server_timing),
+                        deferred=deferred)
     _users.add(user)
     return state
 

@@ -1,12 +1,13 @@
 """FastAPI: obskit's ASGI middleware on every ``FastAPI`` app, and FastAPI's native telemetry off.
 
-FastAPI 0.16x ships OpenTelemetry support (``fastapi.telemetry``) that switches itself on as soon
-as a global SDK tracer provider exists — which ``obskit.init()`` creates — and makes 4 spans per
-request at ~0.31 of a bare app's throughput. obskit decides for it: while this integration is
-active, native telemetry is off on every app (``NativeTelemetry.enabled`` returns False and each
-app's ``telemetry`` config gets ``tracing``/``metrics``/``logs`` = False), so there is exactly one
-SERVER span per request: obskit's. The then inert ``ExceptionTelemetryMiddleware`` (it only
-reports exceptions to that telemetry) is unlinked from the stack: one ``await`` less per request.
+FastAPI 0.142 and later ship OpenTelemetry support (``fastapi.telemetry``) that switches itself on
+as soon as a global SDK tracer provider exists — which ``obskit.init()`` creates — and makes 4
+spans per request at ~0.31 of a bare app's throughput. obskit decides for it: while this
+integration is active, native telemetry is off on every app (``NativeTelemetry.enabled`` returns
+False and each app's ``telemetry`` config gets ``tracing``/``metrics``/``logs`` = False), so there
+is exactly one SERVER span per request: obskit's. The then inert ``ExceptionTelemetryMiddleware``
+(it only reports exceptions to that telemetry) is unlinked from the stack: one ``await`` less per
+request.
 Disable this integration (``OBSKIT_DISABLED_INSTRUMENTATIONS=fastapi``) to get FastAPI's own
 telemetry instead.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
+from obskit import _fastpaths
 from obskit._internal import internal_error
 from obskit.integrations import _http
 from obskit.integrations._asgi import ObskitASGIMiddleware
@@ -52,10 +54,10 @@ def disable_native_telemetry(app: Any) -> None:
 def _drop_inert_telemetry_layer(app: Any, stack: Any) -> None:
     """Unlink FastAPI's ``ExceptionTelemetryMiddleware`` from ``app``'s built stack when the
     app's native telemetry is off: it only reports exceptions to that telemetry (and re-raises),
-    so with it off the layer is one ``await`` per request doing nothing."""
-    try:
-        from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
-    except ImportError:  # FastAPI before 0.16x: no such layer
+    so with it off the layer is one ``await`` per request doing nothing (the
+    ``fastapi_telemetry_layer`` fast path)."""
+    layer = _telemetry_layer()
+    if layer is None:
         return
     config = getattr(app, "_telemetry", None)
     if not isinstance(config, dict) or any(config.get(s) for s in _SIGNALS):
@@ -64,11 +66,41 @@ def _drop_inert_telemetry_layer(app: Any, stack: Any) -> None:
     for _ in range(8):  # ours, ServerErrorMiddleware, then this one
         child = getattr(parent, "app", None)
         if child is None:
-            return
-        if type(child) is ExceptionTelemetryMiddleware:
+            break
+        if type(child) is layer:
             parent.app = child.app
+            _fastpaths.report("fastapi_telemetry_layer", True)
             return
         parent = child
+    _fastpaths.report("fastapi_telemetry_layer", False,
+                      "ExceptionTelemetryMiddleware not found in the built middleware stack")
+
+
+def _telemetry_layer() -> Any:
+    """FastAPI's ``ExceptionTelemetryMiddleware`` class when the fast path may unlink it (decides
+    and reports); None otherwise."""
+    if not _fastpaths.enabled("fastapi_telemetry_layer"):
+        _fastpaths.report("fastapi_telemetry_layer", False, "disabled")
+        return None
+    try:
+        from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+    except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("fastapi.telemetry") is None:  # FastAPI before 0.142
+            _fastpaths.report("fastapi_telemetry_layer", False,
+                              "not needed: this FastAPI has no telemetry layer")
+        else:
+            _fastpaths.report("fastapi_telemetry_layer", False,
+                              "fastapi.telemetry._asgi.ExceptionTelemetryMiddleware is missing")
+        return None
+    return ExceptionTelemetryMiddleware
+
+
+def probe_fast_path() -> None:
+    """Decide (and report) ``fastapi_telemetry_layer`` without an app: ``obskit doctor``."""
+    if _telemetry_layer() is not None:
+        _fastpaths.report("fastapi_telemetry_layer", True)
 
 
 def _build_stack(build: Any, app: Any, args: Any, kwargs: Any, explicit: bool = False) -> Any:
@@ -133,11 +165,12 @@ def instrument(handle: Handle) -> None:
         return
     from fastapi import FastAPI
 
+    probe_fast_path()
     wrapt.wrap_function_wrapper(FastAPI, "__init__", _wrap_init)
     wrapt.wrap_function_wrapper(FastAPI, "build_middleware_stack", _wrap_build)
     try:
         from fastapi.telemetry._asgi import NativeTelemetry
-    except ImportError:  # FastAPI before 0.16x: nothing to switch off
+    except ImportError:  # FastAPI before 0.142: nothing to switch off
         pass
     else:
         # A plain function, not a wrapt proxy: FastAPI asks this on every request.

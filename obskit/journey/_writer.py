@@ -16,7 +16,7 @@ from collections import deque
 from obskit._config import safe_url
 from obskit._internal import internal_error
 from obskit.journey._store import Hop, JourneyStore, StoreUnavailable, WriteResult
-from obskit.metrics import Catalogue, Sums, observe_exemplar
+from obskit.metrics import Catalogue, observe_traced
 
 __all__ = ["JourneyWriter"]
 
@@ -45,7 +45,6 @@ class JourneyWriter:
         self._lock = threading.Lock()
         self._failing_since: float | None = None
         self._last_log = 0.0
-        self._sums = Sums()  # used by the writer thread only
 
     # --- caller side (any thread, hot path) ------------------------------------------------
     def submit(self, hop: Hop) -> None:
@@ -133,18 +132,13 @@ class JourneyWriter:
             _log.warning("obskit: journey store %s reachable again after %.0fs; hops written",
                          safe_url(self.store.url), time.monotonic() - self._failing_since)
             self._failing_since = None
-        # Summed per batch (one locked inc per touched bucket, not three per hop); a bucket
-        # that may take an exemplar now gets this hop's trace.
-        sums = self._sums
+        # A bucket that may take an exemplar now gets this hop's trace.
         for r in results:
             if r.left_stage is not None:
-                child = cat.orders_stage_duration.labels(r.left_stage, r.channel)
-                trace_id = r.hop.trace_id
-                if trace_id is None or not observe_exemplar(child, r.left_after, trace_id):
-                    sums.observe(child, r.left_after)
+                observe_traced(cat.orders_stage_duration.labels(r.left_stage, r.channel),
+                               r.left_after, r.hop.trace_id)
             if r.repeated:
                 cat.orders_stage_repeated.labels(r.hop.stage, r.channel).inc()
-        sums.apply()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property

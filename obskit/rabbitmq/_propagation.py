@@ -14,14 +14,13 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import quote_plus
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from obskit import propagation
-from obskit._context import _BAGGAGE_KEY
+from obskit import _fastpaths, propagation
 
 # Characters quote_plus() leaves alone and W3C baggage accepts in keys and values unescaped.
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
@@ -32,10 +31,14 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").ful
 _MAX_FAST_BAGGAGE = 4096
 _MAX_FAST_PAIRS = 64
 
-try:  # the context key of the current span (private API: a fast path)
+try:  # the context keys of the current span and of baggage (private API: a fast path)
+    from opentelemetry.baggage import _BAGGAGE_KEY
     from opentelemetry.trace.propagation import _SPAN_KEY
-except ImportError:  # pragma: no cover - a future API without it: the generic path
-    _SPAN_KEY = None  # type: ignore[assignment]
+except ImportError:  # a future API without them: the generic path
+    _SPAN_KEY = _BAGGAGE_KEY = None  # type: ignore[assignment]
+    _unavailable = "opentelemetry's _SPAN_KEY / _BAGGAGE_KEY are missing"
+else:
+    _unavailable = "" if _fastpaths.enabled("amqp_propagation") else "disabled"
 
 _default: tuple[object, bool] = (None, False)
 # The last baggage dict encoded and its header: one order's publishes share the dict.
@@ -43,16 +46,26 @@ _last_baggage: tuple[object, str | None] = (None, None)
 
 
 def _is_default() -> bool:
-    """True when the global propagator is OTel's default tracecontext + baggage composite."""
+    """True when the fast path is on and the global propagator is OTel's default
+    tracecontext + baggage composite (decided again, and reported, when it changes)."""
     global _default
     textmap = propagate.get_global_textmap()
     if _default[0] is textmap:
         return _default[1]
     inner = getattr(textmap, "_propagators", None)
-    ok = (type(textmap) is CompositePropagator and isinstance(inner, list | tuple)
-          and [type(p) for p in inner] == [TraceContextTextMapPropagator, W3CBaggagePropagator])
-    _default = (textmap, ok)
-    return ok
+    if _unavailable:
+        reason = _unavailable
+    elif type(textmap) is not CompositePropagator:
+        reason = f"the global propagator is a {type(textmap).__name__} (OTEL_PROPAGATORS)"
+    elif not isinstance(inner, list | tuple):
+        reason = "CompositePropagator._propagators is missing"
+    elif [type(p) for p in inner] != [TraceContextTextMapPropagator, W3CBaggagePropagator]:
+        reason = "the global propagator is not tracecontext,baggage (OTEL_PROPAGATORS)"
+    else:
+        reason = ""
+    _fastpaths.report("amqp_propagation", not reason, reason)
+    _default = (textmap, not reason)
+    return not reason
 
 
 def inject(headers: MutableMapping[str, Any], span: trace.Span, context: Context) -> None:
@@ -66,8 +79,7 @@ def inject(headers: MutableMapping[str, Any], span: trace.Span, context: Context
         return
     if sc.is_valid:
         headers["traceparent"] = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
-    entries = (get_value(_BAGGAGE_KEY, context) if _BAGGAGE_KEY is not None
-               else baggage.get_all(context))
+    entries = get_value(_BAGGAGE_KEY, context)
     if isinstance(entries, Mapping) and entries:
         value = _encode_baggage(entries)
         if value is None:
@@ -103,7 +115,7 @@ def _encode_baggage(entries: Mapping[str, object]) -> str | None:
 
 def extract(headers: Mapping[str, Any]) -> Context:
     """The context (remote parent span + baggage) carried by ``headers``; a fresh context."""
-    if not _is_default() or "tracestate" in headers or _SPAN_KEY is None or _BAGGAGE_KEY is None:
+    if not _is_default() or "tracestate" in headers:
         return propagation.extract(headers)
     # One Context built from one dict: what set_span_in_context + set_baggage per pair give.
     values: dict[str, object] = {}
@@ -132,3 +144,6 @@ def extract(headers: Mapping[str, Any]) -> Context:
             entries[k] = v
         values[_BAGGAGE_KEY] = entries
     return Context(values)
+
+
+_is_default()  # decide and report now (again when the global propagator changes)

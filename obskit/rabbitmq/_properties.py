@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pamqp import encode
 from pamqp.commands import Basic
+
+from obskit import _fastpaths
 
 __all__ = ["PublishProperties"]
 
@@ -76,13 +79,13 @@ def _slots() -> tuple[tuple[str, int, Callable[[Any], bytes]], ...]:
     return tuple(slots)
 
 
-_SLOTS = _slots()
-
-
 class PublishProperties(Basic.Properties):
-    """``Basic.Properties`` with a faster ``marshal()`` that yields pamqp's bytes."""
+    """``Basic.Properties`` with a faster ``marshal()`` that yields pamqp's bytes (pamqp's own
+    ``marshal()`` when the ``amqp_properties`` fast path is off)."""
 
     def marshal(self) -> bytes:
+        if not _SLOTS:
+            return super().marshal()
         flags = 0
         parts = []
         for name, flag, encoder in _SLOTS:
@@ -92,3 +95,34 @@ class PublishProperties(Basic.Properties):
                 parts.append(encoder(value))
         # Every flag fits in 16 bits (AMQP 0-9-1 has 14 properties): one flag word, as pamqp.
         return _USHORT.pack(flags & 0xFFFE) + b"".join(parts)
+
+
+def _decide() -> tuple[tuple[tuple[str, int, Callable[[Any], bytes]], ...], str]:
+    """The slots of the fast ``marshal()``, or () and why pamqp's own is used."""
+    if not _fastpaths.enabled("amqp_properties"):
+        return (), "disabled"
+    try:
+        slots = _slots()
+    except Exception as exc:  # another pamqp: its layout differs
+        return (), f"pamqp's Basic.Properties layout differs: {type(exc).__name__}: {exc}"
+    global _SLOTS
+    _SLOTS = slots
+    sample: dict[str, Any] = {
+        "content_type": "application/json", "message_id": "m", "delivery_mode": 2,
+        "timestamp": datetime(2024, 1, 1, tzinfo=UTC), "correlation_id": "c",
+        "headers": {"traceparent": "00-x", "n": 1, "b": True}}
+    try:
+        same = PublishProperties(**sample).marshal() == Basic.Properties(**sample).marshal()
+    except Exception as exc:
+        same, exc_text = False, f": {type(exc).__name__}: {exc}"
+    else:
+        exc_text = ""
+    if not same:
+        _SLOTS = ()
+        return (), f"the fast marshal() differs from pamqp's on a sample{exc_text}"
+    return slots, ""
+
+
+_SLOTS: tuple[tuple[str, int, Callable[[Any], bytes]], ...] = ()
+_SLOTS, _why = _decide()
+_fastpaths.report("amqp_properties", bool(_SLOTS), _why)

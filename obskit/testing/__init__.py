@@ -29,6 +29,7 @@ from obskit._tracing import build_resource, build_sampler
 from obskit.testing._otlp import OtlpReceiver, ReceivedLog, ReceivedSpan
 from obskit.testing._prometheus import AlertmanagerProcess, PrometheusError, PrometheusProcess
 from obskit.testing._redis import RedisServer
+from obskit.testing._wait import wait_for, wait_for_async
 
 __all__ = [
     "AlertmanagerProcess",
@@ -41,6 +42,8 @@ __all__ = [
     "RedisServer",
     "init_for_tests",
     "reset_global_tracer_provider",
+    "wait_for",
+    "wait_for_async",
 ]
 
 
@@ -68,7 +71,11 @@ class Captured:
 
     @property
     def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line.strip()]
+        """The log lines written, without obskit's own start-up report (its fast paths)."""
+        lines = [json.loads(line) for line in self.stream.getvalue().splitlines() if line.strip()]
+        return [line for line in lines if not (
+            line.get("logger") == "obskit"
+            and str(line.get("event", "")).startswith("obskit fast paths"))]
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         return self.registry.get_sample_value(name, labels or {})

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 import obskit
-from obskit import _logging
+from obskit import _deferred
+from obskit.integrations import _http
 from obskit.testing import OtlpReceiver
 
 
@@ -41,8 +42,8 @@ def _lines(path: Path) -> list[dict[str, Any]]:  # httpx logs each request too: 
 
 @pytest.fixture
 def slow_flusher(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer's own thread must not write the batch during the test: a scrape has to.
-    monkeypatch.setattr(_logging._Writer, "FLUSH_INTERVAL", 60.0)
+    # The flusher thread must not take the batch during the test: a scrape has to.
+    monkeypatch.setattr(_deferred, "_paused", True)
 
 
 async def test_a_scrape_sees_the_batched_request_and_writes_its_line(
@@ -55,8 +56,7 @@ async def test_a_scrape_sees_the_batched_request_and_writes_its_line(
         response = await _get(_app(), "/orders/ord-1")
         assert response.status_code == 200
         assert path.read_text() == ""  # the handler's line and the request wait in the batch
-        assert any(not isinstance(item, str)
-                   for item in _logging._writer._pending)  # type: ignore[union-attr]
+        assert any(isinstance(item, _http.FinishedRequest) for item in _deferred._pending)
 
         labels = {"method": "GET", "route": "/orders/{order_id}", "status_code": "200"}
         count = registry.get_sample_value("http_server_request_duration_seconds_count", labels)

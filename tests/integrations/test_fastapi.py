@@ -219,13 +219,13 @@ async def test_bookkeeping_errors_never_reach_the_app(obs: Captured,
         return catalogue().registry.get_sample_value("obskit_internal_errors_total",
                                          {"component": component}) or 0.0
 
-    # The metrics are made with the access line, in the log writer's batch (at once here).
-    before = errors("asgi.start"), errors("logs.deferred")
+    # The metrics are made with the access line, in the deferred batch (at once here).
+    before = errors("asgi.start"), errors("deferred")
     assert _http.state is not None
     monkeypatch.setattr(_http.state, "duration", Broken())
     monkeypatch.setattr(_http.state, "active", Broken())
     assert await call(make_app(), "/orders/1") == [200]
-    assert (errors("asgi.start"), errors("logs.deferred")) == (before[0] + 1, before[1] + 1)
+    assert (errors("asgi.start"), errors("deferred")) == (before[0] + 1, before[1] + 1)
 
 
 async def test_request_id_is_generated_returned_and_on_every_line(obs: Captured) -> None:
