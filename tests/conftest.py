@@ -2,6 +2,9 @@ import os
 
 import pytest
 
+# OBSKIT_NO_SKIPS=1 (make test, CI): a skipped test fails, naming the service or tool to install.
+pytest_plugins = ["obskit.testing.pytest_plugin", "pytester"]
+
 # Internal errors are swallowed in production ("less telemetry, never a crash"); a test run
 # should see them. Tests that exercise the swallowing set it back to "0".
 os.environ.setdefault("OBSKIT_RAISE_INTERNAL_ERRORS", "1")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from test_dashboards import EXTERNAL, OBSKIT, metric_names
 from obskit.bundle import ParamError, Params, all_queries, parse_overrides, render, render_files
 from obskit.bundle._params import prom_seconds
 from obskit.bundle.alerts import RULE_FILES, Record, alerts, markdown_table, rules
-from obskit.testing import AlertmanagerProcess, PrometheusProcess
+from obskit.testing import AlertmanagerProcess, PrometheusProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
@@ -298,14 +298,6 @@ def _post(am: AlertmanagerProcess, *label_sets: dict[str, str]) -> None:
     httpx.post(f"{am.url}/api/v2/alerts", json=body, timeout=10).raise_for_status()
 
 
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.1)
-    return result
-
-
 def test_alertmanager_inhibits_what_says_nothing_new() -> None:
     lost = {"alertname": "OrdersLost", "severity": "critical", "stage": "published",
             "channel": "b2c"}
@@ -335,7 +327,7 @@ def test_alertmanager_inhibits_what_says_nothing_new() -> None:
             got = states()
             return got if got and list(got.values()).count("suppressed") >= len(muted) else None
 
-        got = _wait(settled, 10, "the inhibitions to apply")
+        got = wait_for(settled, 10, what="the inhibitions to apply")
     for labels in muted:
         assert got[json.dumps(labels, sort_keys=True)] == "suppressed", labels
     for labels in shown:
@@ -392,21 +384,22 @@ def test_a_firing_rule_reaches_the_pager_and_chat_webhooks(tmp_path: Path) -> No
             with PrometheusProcess(out / "platform/prometheus/prometheus.yml",
                                    port=prom_port) as prom:
                 started = time.monotonic()
-                [page] = _wait(lambda: delivered("/pager", "RabbitMQDown"), 30,
-                               "RabbitMQDown at the pager webhook")
+                [page] = wait_for(lambda: delivered("/pager", "RabbitMQDown"), 30,
+                                  what="RabbitMQDown at the pager webhook")
                 paged_after = time.monotonic() - started
                 assert page["labels"]["severity"] == "critical"
                 assert page["annotations"]["runbook_url"] == "docs/runbooks/RabbitMQDown.md"
                 assert "is down" in page["annotations"]["summary"]
-                _wait(lambda: delivered("/chat", "RabbitMQDown"), 10, "RabbitMQDown in chat")
-                _wait(lambda: delivered("/chat", "TargetDown", job="tempo"), 30,
-                      "TargetDown (tempo) in chat")
+                wait_for(lambda: delivered("/chat", "RabbitMQDown"), 10,
+                         what="RabbitMQDown in chat")
+                wait_for(lambda: delivered("/chat", "TargetDown", job="tempo"), 30,
+                         what="TargetDown (tempo) in chat")
                 # RabbitMQ's own TargetDown fired too, and is muted by RabbitMQDown.
-                inhibited = _wait(lambda: [a for a in am.alerts()
-                                           if a["labels"]["alertname"] == "TargetDown"
-                                           and a["labels"]["job"] == "rabbitmq"
-                                           and a["status"]["state"] == "suppressed"], 10,
-                                  "RabbitMQ's TargetDown to be inhibited")
+                inhibited = wait_for(lambda: [a for a in am.alerts()
+                                              if a["labels"]["alertname"] == "TargetDown"
+                                              and a["labels"]["job"] == "rabbitmq"
+                                              and a["status"]["state"] == "suppressed"], 10,
+                                     what="RabbitMQ's TargetDown to be inhibited")
                 assert inhibited
                 # Every rule evaluates on Prometheus 2.42 without an error.
                 health = [(r["name"], r["health"], r.get("lastError", ""))

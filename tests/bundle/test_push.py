@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from fastapi import Request  # at module level: the routes' annotations are reso
 
 from obskit.bundle import Params, parse_overrides
 from obskit.bundle._push import PushError, push
+from obskit.testing import wait_for
 
 TOKEN = "glsa_test_token"
 
@@ -94,9 +94,7 @@ def grafana() -> Iterator[FakeGrafana]:
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.started, timeout=10, interval=0.01, what="uvicorn to start")
     state.url = f"http://127.0.0.1:{port}"
     yield state
     server.should_exit = True

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from obskit.testing import wait_for
 
 APPS = Path(__file__).resolve().parent / "apps"
 ROOT = APPS.parent.parent.parent
@@ -31,17 +32,15 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"server exited early ({proc.returncode}):\n{out}\n{err}")
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listening on port {port} after {timeout}s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, timeout, what=f"a server listening on port {port}")
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi import Request  # module level: the endpoint's string annotation must resolve
 
-from obskit.testing import Captured, init_for_tests
+from obskit.testing import Captured, init_for_tests, wait_for
 
 # The messaging integrations have their own tests (tests/integrations/test_pika*.py).
 OTHERS = "pika,aio_pika"
@@ -27,7 +27,6 @@ def http_server(obs: Captured) -> Iterator[str]:
     """
     import socket
     import threading
-    import time
 
     import uvicorn
     from fastapi import FastAPI
@@ -46,10 +45,7 @@ def http_server(obs: Captured) -> Iterator[str]:
                                            access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
+    wait_for(lambda: server.started, timeout=10, interval=0.01, what="uvicorn to start")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(5)

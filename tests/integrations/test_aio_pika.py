@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import obskit
-from obskit.testing import init_for_tests
+from obskit.testing import init_for_tests, wait_for_async
 
 aio_pika = pytest.importorskip("aio_pika")
 
@@ -49,14 +49,6 @@ async def _publish(channel: Any, queue: Any, order_id: str, body: bytes = b"{}",
 
 def _by_name(spans: Any, name: str) -> list[Any]:
     return [s for s in spans if s.name == name]
-
-
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.01)
 
 
 def _assert_one_trace(t: Any, queue: str, order_id: str) -> tuple[Any, Any]:
@@ -117,7 +109,8 @@ async def test_consume_callback_runs_in_sender_context(channel: Any, queue: Any)
 
         await queue.consume(handler)
         await _publish(channel, queue, "o-cb")
-        await _wait_for(lambda: len(_by_name(t.spans, f"{queue.name} process")) == 1)
+        await wait_for_async(lambda: len(_by_name(t.spans, f"{queue.name} process")) == 1,
+                             timeout=5, interval=0.01, what="the process span")
         pub, proc = _assert_one_trace(t, queue.name, "o-cb")
         assert seen == [("o-cb", "b2c")]
         line = _handler_log(t)
@@ -138,7 +131,8 @@ async def test_consume_callback_error_marks_span_and_outcome(channel: Any, queue
 
         await queue.consume(handler)
         await _publish(channel, queue, "o-err")
-        await _wait_for(lambda: len(_by_name(t.spans, f"{queue.name} process")) == 1)
+        await wait_for_async(lambda: len(_by_name(t.spans, f"{queue.name} process")) == 1,
+                             timeout=5, interval=0.01, what="the process span")
         (proc,) = _by_name(t.spans, f"{queue.name} process")
         assert proc.status.status_code == StatusCode.ERROR
         assert proc.attributes["error.type"] == "ValueError"
@@ -245,5 +239,6 @@ async def test_broken_telemetry_never_loses_a_message(channel: Any, queue: Any,
                 got.append(message.body)
 
         await queue.consume(handler)
-        await _wait_for(lambda: got == [b"payload"])
+        await wait_for_async(lambda: got == [b"payload"], timeout=5, interval=0.01,
+                             what="the payload")
         assert (await queue.declare()).message_count == 0  # acked, not lost

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -12,14 +11,13 @@ import requests
 from opentelemetry.trace import SpanKind
 
 import obskit
-from obskit.testing import Captured, init_for_tests
+from obskit.testing import Captured, init_for_tests, wait_for
 
 
 def check_trace(obs: Captured, body: dict[str, Any]) -> None:
-    # The server ends its span just after the response went out: give it a moment.
-    deadline = time.monotonic() + 5
-    while len(obs.spans) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # The server ends its span just after the response went out.
+    wait_for(lambda: len(obs.spans) >= 2, timeout=5, interval=0.01,
+             what="the client and the server span")
     spans = obs.spans
     clients = [s for s in spans if s.kind == SpanKind.CLIENT]
     servers = [s for s in spans if s.kind == SpanKind.SERVER]

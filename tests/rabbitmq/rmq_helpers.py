@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import aio_pika
 from prometheus_client import CollectorRegistry
 
 from obskit.rabbitmq import ManagementClient
+from obskit.testing import wait_for_async
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 MGMT = "http://guest:guest@127.0.0.1:15672"
@@ -18,18 +14,8 @@ PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-async def wait_for(predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0,
-                   interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+#: ``await wait_for(predicate, timeout=..., what=...)``; the predicate may be async.
+wait_for = wait_for_async
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -58,7 +58,11 @@ async def test_dlq_show_groups_by_error_type_and_keeps_messages(url, vhost, mgmt
     assert data["groups"][0]["error_type"] == "obskit.rabbitmq.errors.PermanentError"
     msg = groups["TimeoutError"]["messages"][0]
     assert msg["attempts"] == 3 and msg["order_id"] == "o-2" and msg["reason"] == "exhausted"
-    assert await queue_depth(mgmt, vhost, "orders.b2c.dlq") == 3  # show does not consume
+    # Show does not consume: it peeks and requeues, which the broker applies asynchronously.
+    async def all_back() -> bool:
+        return await queue_depth(mgmt, vhost, "orders.b2c.dlq") == 3
+
+    await wait_for(all_back, timeout=10, what="the 3 peeked messages back in the DLQ")
     rc, out, _ = await asyncio.to_thread(
         _run, capsys, "dlq", "show", "orders.b2c.dlq", "--vhost", vhost, "--limit", "2")
     assert rc == 0 and "showing 2" in out and "■" in out

@@ -25,7 +25,7 @@ from obskit.rabbitmq import (
 
 
 async def test_fails_twice_then_succeeds_is_applied_once_with_two_retries(
-        url, topology, registry):
+        url, vhost, mgmt, topology, registry):
     calls: Counter[str] = Counter()
     applied: list[str] = []
 
@@ -41,7 +41,13 @@ async def test_fails_twice_then_succeeds_is_applied_once_with_two_retries(
             Consumer(spec, handler, url=url, registry=registry):
         await pub.publish("orders", "b2c", {"order_id": "o-1"}, order_id="o-1", channel="b2c")
         await wait_for(lambda: applied, what="the third attempt")
-        await asyncio.sleep(0.3)  # nothing else may arrive
+        await wait_for(lambda: sample(registry, "messaging_acked_total", system="rabbitmq",
+                                      queue="orders.b2c") == 1, what="the ack")
+        # Nothing left in a retry tier, the DLQ or the queue (checked last: a copy on its way
+        # back from a tier lands there): no other copy can arrive, the counts below are final.
+        for name in (*spec.retry_queues, spec.dlq, spec.name):
+            await wait_for(lambda name=name: _eq(queue_depth(mgmt, vhost, name), 0),
+                           what=f"{name} to be empty")
     assert applied == ["o-1"]
     assert sum(calls.values()) == 3
     q = {"system": "rabbitmq", "queue": "orders.b2c"}
@@ -164,7 +170,9 @@ async def test_order_context_and_trace_continue_into_the_handler(url, topology, 
             Consumer(spec, handler, url=url, tracer_provider=provider):
         mid = await pub.publish("orders", "b2c", {"x": 1}, order_id="o-9", channel="b2c")
         await wait_for(lambda: got)
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: any(s.kind == SpanKind.CONSUMER
+                                   for s in exporter.get_finished_spans()),
+                       what="the process span to end")
     assert got[0][0] == ("o-9", "b2c")
     assert got[0][1] == ("o-9", "b2c")
     by_kind = {s.kind: s for s in exporter.get_finished_spans()}
@@ -219,7 +227,7 @@ async def test_graceful_shutdown_finishes_in_flight_and_returns_the_rest(
 
     async def handler(d: Delivery) -> None:
         started.append(d.data["n"])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the work stop() finds in flight
         done.append(d.data["n"])
 
     spec = topology.queue("orders.b2c")
@@ -249,7 +257,9 @@ async def test_generic_aio_pika_instrumentation_does_not_count_twice(url, topolo
         async with Publisher(url) as pub, Consumer(spec, handler, url=url):
             await pub.publish("orders", "b2c", {"n": 1}, order_id="o-5")
             await wait_for(lambda: got)
-            await asyncio.sleep(0.1)
+            # Leaving the block waits for the handler; a second span would have ended by then.
+            await wait_for(lambda: "orders.b2c process" in [s.name for s in t.spans],
+                           what="the process span to end")
         names = [s.name for s in t.spans]
         assert names.count("orders publish") == 1, names
         assert names.count("orders.b2c process") == 1, names

@@ -156,7 +156,7 @@ async def test_b2b_order_is_not_delayed_by_10000_queued_b2c_messages(url, vhost,
 
         async def slow_b2c(d: Delivery) -> None:
             nonlocal b2c_done
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # a slow consumer: the flood stays queued meanwhile
             b2c_done += 1
 
         async def b2b(d: Delivery) -> None:

@@ -18,7 +18,7 @@ async def main(url: str, dsn: str, applied: str, guard_table: str) -> None:
     async def handler(d: Delivery) -> None:
         # The effect and the idempotency mark commit in one transaction (d.db).
         await d.db.execute(f"INSERT INTO {applied} (message_id) VALUES ($1)", d.message_id)
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the work: the test's SIGKILL lands while some is in flight
 
     spec = orders_topology(retry_delays=(0.2, 0.4), max_attempts=3).queue("orders.b2c")
     consumer = Consumer(spec, handler, url=url, idempotency=guard, prefetch=50, concurrency=8)

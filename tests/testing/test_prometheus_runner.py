@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from obskit.testing import AlertmanagerProcess, PrometheusError, PrometheusProcess
+from obskit.testing import AlertmanagerProcess, PrometheusError, PrometheusProcess, wait_for
 
 AM_CONFIG = """\
 route: {receiver: none}
@@ -29,14 +29,6 @@ scrape_configs:
     return path
 
 
-def _wait(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return result
-
-
 def test_prometheus_and_alertmanager_start_answer_and_stop_clean(tmp_path: Path) -> None:
     (tmp_path / "am.yml").write_text(AM_CONFIG)
     with AlertmanagerProcess(tmp_path / "am.yml") as am:
@@ -47,12 +39,13 @@ def test_prometheus_and_alertmanager_start_answer_and_stop_clean(tmp_path: Path)
         prom = PrometheusProcess(config, port=port)
         with prom:
             assert prom.port == port
-            up = _wait(lambda: prom.query('up{job="prometheus"} == 1'))
+            up = wait_for(lambda: prom.query('up{job="prometheus"} == 1'), 15,
+                          what="Prometheus to scrape itself")
             assert up[0]["metric"]["instance"] == prom.address
             assert prom.query("1 + 1") == [{"metric": {}, "value": [pytest.approx(time.time(),
                                                                                 abs=60), "2"]}]
             assert [t["health"] for t in prom.targets()] == ["up"]
-            assert _wait(prom.alertmanagers) == [f"{am.url}/api/v2/alerts"]
+            assert wait_for(prom.alertmanagers, 15) == [f"{am.url}/api/v2/alerts"]
             with pytest.raises(PrometheusError, match="parse error"):
                 prom.query("sum(")
             config.write_text(config.read_text().replace("job_name: prometheus",

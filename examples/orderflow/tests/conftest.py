@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,11 @@ import httpx
 import psycopg
 import pytest
 
+from obskit.testing import wait_for  # the test modules import it from here
 from orderflow import migrations
+
+# OBSKIT_NO_SKIPS=1 (make test, CI): a skipped test fails, naming the service or tool to install.
+pytest_plugins = ["obskit.testing.pytest_plugin"]
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # One id per test run, shared with the test modules (and the processes they start) by the
@@ -176,18 +179,6 @@ def _ready(base: str) -> bool:
         return httpx.get(base + "/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
-             interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def new_ip() -> str:

@@ -229,6 +229,8 @@ def test_duplicated_messages_are_absorbed_and_page_nobody(env: dict[str, str], t
         assert not orders.errors, orders.errors[:3]
         wait_for(lambda: all(_show(p, i)["now"]["stage"] == "done" for i in orders.ids[:5]),
                  timeout=30, interval=0.5, what="the first orders to finish")
+        # The scenario: three scrapes and rule evaluations of the finished orders, the window
+        # in which a double-processing alert would show.
         time.sleep(3)
         firing = [r["metric"] for r in p.prom.query('ALERTS{alertname="OrdersProcessedTwice"}')]
         repeated = p.prom.query("sum(obskit_orders_stage_repeated_total)")
@@ -247,7 +249,9 @@ def test_a_run_without_faults_pages_nobody(env: dict[str, str], tmp_path: Path):
         wait_for(lambda: len(p.prom.query(
             'min by (queue) (messaging_queue_consumers{queue=~"orders[.]b2[bc]"}) > 0')) == 2,
             timeout=60, interval=0.5, what="the MES consuming both order queues")
-        time.sleep(3)  # alerts raised before that resolve
+        # The scenario: alerts raised before that (a queue without a consumer) resolve, and what
+        # Alertmanager holds from then is delivered, before the webhook's record is cleared.
+        time.sleep(3)
         p.hook.received.clear()
         traffic = Traffic(p.group.base, api_key(p.group.dsn, "calm-partner"),
                           api_key(p.group.dsn, "calm-burst", "5/second"))
@@ -257,7 +261,7 @@ def test_a_run_without_faults_pages_nobody(env: dict[str, str], tmp_path: Path):
         assert traffic.accepted and not traffic.errors, traffic.errors[:5]
         # Every scaled window and for: has passed by now (the longest for:, 15m, is 9 s; the
         # lost deadline is 6 s; the sweep runs every 0.5 s): look at what fires.
-        time.sleep(12)
+        time.sleep(12)  # the scenario: every window passes with nothing to raise
         firing = [r["metric"] for r in p.prom.query('ALERTS{alertstate="firing"}')]
         posted = [a["labels"] for _, _, a in p.hook.received]
 

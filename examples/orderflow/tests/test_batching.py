@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from obskit.testing import wait_for_async
 from orderflow.batching import BatchWriter
 
 
@@ -11,7 +12,7 @@ async def _writer(batches: list[list[int]], *, max_items: int = 200,
                   fail: bool = False) -> BatchWriter[int]:
     async def flush(items: list[int]) -> None:
         batches.append(items)
-        await asyncio.sleep(0.01)  # a transaction's round trips
+        await asyncio.sleep(0.01)  # a transaction's round trips: items arrive meanwhile
         if fail:
             raise RuntimeError("database gone")
 
@@ -24,7 +25,8 @@ async def test_items_submitted_during_a_write_form_the_next_batch() -> None:
     batches: list[list[int]] = []
     writer = await _writer(batches)
     first = asyncio.create_task(writer.submit(0))
-    await asyncio.sleep(0.002)  # the first batch (0 alone) is being written
+    # The first batch (0 alone) is being written.
+    await wait_for_async(lambda: batches, timeout=2, interval=0, what="the first flush")
     await asyncio.gather(first, *(writer.submit(i) for i in range(1, 64)))
     await writer.stop()
     assert batches == [[0], list(range(1, 64))]

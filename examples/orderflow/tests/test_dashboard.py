@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from obskit.metrics import catalogue
+from obskit.testing import wait_for_async
 from orderflow import cache as dcache
 from orderflow import events
 from orderflow.api import dashboard
@@ -230,7 +231,7 @@ async def test_per_status_list_respects_its_ttl(client: httpx.AsyncClient,
     # ...while the counts already know.
     assert (await client.get("/api/v1/dashboard/summary")).json()["counts"]["accepted"] == 0
 
-    await asyncio.sleep(cache.list_ttl + 0.3)
+    await asyncio.sleep(cache.list_ttl + 0.3)  # the scenario: the list's TTL runs out
     fresh = await client.get(url)
     assert fresh.headers["x-cache"] == "miss"
     assert fresh.json()["orders"] == [] and fresh.json()["total"] == 0
@@ -282,15 +283,21 @@ async def test_a_change_elsewhere_is_reloaded_ahead_and_no_reader_waits() -> Non
         try:
             assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v1", "miss")
             await other.invalidate("status_changed")  # e.g. the status consumer's process
-            await asyncio.sleep(0.2)  # the poller has seen it and is reloading
-            assert load.loads == 2
+            await wait_for_async(lambda: load.loads == 2, timeout=5, interval=0.01,
+                                 what="the poller to see the change and reload")
             for _ in range(3):  # readers meanwhile: the previous copy, at once
                 got = await asyncio.wait_for(
                     c.get_or_load("dashboard_summary", "k", load, hot=True), 0.5)
                 assert got == (b"v1", "hit")
             load.release.set()
-            await asyncio.sleep(0.1)
-            assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"v2", "hit")
+
+            async def switched_in(c: dcache.DashboardCache = c) -> bool:
+                got = await c.get_or_load("dashboard_summary", "k", load, hot=True)
+                assert got in ((b"v1", "hit"), (b"v2", "hit")), got  # no reader waits or loads
+                return got == (b"v2", "hit")
+
+            await wait_for_async(switched_in, timeout=5, interval=0.01,
+                                 what="the reloaded copy to be switched in")
             assert load.loads == 2  # the reload was the poller's, not a reader's
         finally:
             await other.close()
@@ -324,7 +331,7 @@ async def test_another_ingress_fills_from_redis_and_keeps_the_list_ttl(
     order_id = await insert_order(pool)
     url = "/api/v1/dashboard/orders?status=accepted"
     assert (await client.get(url)).headers["x-cache"] == "miss"
-    await asyncio.sleep(cache.list_ttl / 2)
+    await asyncio.sleep(cache.list_ttl / 2)  # the scenario: the copy is half its TTL old
     # A second ingress (its own in-process tier) on the same Redis.
     other = dcache.DashboardCache(REDIS_URL, prefix=cache.prefix.removesuffix(":dash"),
                                   list_ttl=cache.list_ttl)
@@ -337,7 +344,8 @@ async def test_another_ingress_fills_from_redis_and_keeps_the_list_ttl(
             assert r.headers["x-cache"] == "hit"  # from Redis, no query
             assert [o["order_id"] for o in r.json()["orders"]] == [order_id]
             await change_status(pool, order_id, "priced")
-            # Its copy expires when the first load does, not list_ttl after it was copied.
+            # Its copy expires when the first load does, not list_ttl after it was copied: the
+            # scenario lets that moment pass.
             await asyncio.sleep(cache.list_ttl / 2 + 0.2)
             fresh = await c2.get(url)
             assert fresh.headers["x-cache"] == "miss" and fresh.json()["orders"] == []
@@ -353,7 +361,8 @@ async def test_readers_get_the_previous_copy_while_one_reloads() -> None:
         stale = count("dashboard_summary", "stale")
         await c.invalidate("order_created")
         reloader = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: load.loads == 2, timeout=5, interval=0,
+                             what="the reload to start")
         assert not reloader.done()  # the reader that triggered the reload waits for it...
         others = [await asyncio.wait_for(
             c.get_or_load("dashboard_summary", "k", load, hot=True), 1.0) for _ in range(3)]
@@ -366,22 +375,24 @@ async def test_readers_get_the_previous_copy_while_one_reloads() -> None:
 
 
 async def test_no_stale_copy_older_than_max_stale() -> None:
-    release = asyncio.Event()
+    release, reloading = asyncio.Event(), asyncio.Event()
     data = {"value": b"old", "slow": False}
 
     async def load() -> bytes:
         if data["slow"]:
+            reloading.set()
             await release.wait()
         return data["value"]
 
     async for c in _make_cache(REDIS_URL, max_stale=0.2):
         await c.get_or_load("dashboard_summary", "k", load, hot=True)
-        await asyncio.sleep(0.3)  # the copy is now older than max_stale
+        await asyncio.sleep(0.3)  # the scenario: the copy gets older than max_stale
         data.update(value=b"new", slow=True)
         await c.invalidate("order_created")
         reloader = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(reloading.wait(), 5)
         waiter = asyncio.create_task(c.get_or_load("dashboard_summary", "k", load, hot=True))
+        # A bounded look for something that must not happen: the waiter getting "old".
         await asyncio.sleep(0.05)
         assert not waiter.done()  # waits for the reload instead of getting "old"
         release.set()
@@ -403,7 +414,10 @@ async def test_bursts_of_triggers_fold_into_two_invalidations() -> None:
         for _ in range(20):  # a burst of status changes within the interval...
             await c.invalidate("status_changed")
         assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"2", "hit")
-        await asyncio.sleep(0.45)  # ...is one more invalidation at its end, reloaded ahead
+        # ...is one more invalidation at its end, reloaded ahead of the next reader.
+        await wait_for_async(
+            lambda: loads == 3 and c._trailing is None and not c._refreshes,  # noqa: B023 (now)
+            timeout=5, interval=0.01, what="the trailing invalidation's reload")
         assert await c.get_or_load("dashboard_summary", "k", load, hot=True) == (b"3", "hit")
         assert loads == 3
 

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 
+from obskit.testing import wait_for
 from orderflow.migrations import upgrade
 
 MANAGER_TOKEN = "browser-manager-token"
@@ -40,15 +40,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +71,7 @@ def api_url() -> Iterator[str]:
             return False
 
     try:
-        _wait_until(ready, 30, "orderflow api to start")
+        wait_for(ready, 30, interval=0.2, what="orderflow api to start")
         yield url
     finally:
         proc.terminate()
@@ -122,7 +113,8 @@ def test_page_shows_counts_and_a_new_order(api_url: str, browser: object) -> Non
         found = d.find_elements(By.CSS_SELECTOR, css)  # type: ignore[attr-defined]
         return str(found[0].text) if found else ""
 
-    _wait_until(lambda: text("[data-testid=count-done]") == "2", 15, "the counts to render")
+    wait_for(lambda: text("[data-testid=count-done]") == "2", 15, interval=0.2,
+             what="the counts to render")
     assert text("[data-testid=count-accepted]") == "1"
     assert text("#total") == "3 orders"
     assert d.find_elements(By.CSS_SELECTOR, "#chart polyline")  # type: ignore[attr-defined]
@@ -136,7 +128,8 @@ def test_page_shows_counts_and_a_new_order(api_url: str, browser: object) -> Non
     order_id = placed.json()["order_id"]
 
     row = f"#newest tr[data-order-id='{order_id}']"
-    _wait_until(lambda: bool(d.find_elements(By.CSS_SELECTOR, row)),  # type: ignore[attr-defined]
-                15, "the new order in the newest-orders table")
+    wait_for(lambda: bool(d.find_elements(By.CSS_SELECTOR, row)),  # type: ignore[attr-defined]
+             15, interval=0.2, what="the new order in the newest-orders table")
     assert "browser-test.stl" in text(row)
-    _wait_until(lambda: text("#total") == "4 orders", 5, "the total to count the new order")
+    wait_for(lambda: text("#total") == "4 orders", 5, interval=0.2,
+             what="the total to count the new order")

@@ -86,7 +86,7 @@ def test_breaker_opens_after_failures_in_a_row_probes_once_then_closes() -> None
 
     async def hang() -> None:
         calls.append("hang")
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the scenario: a call that hangs past the breaker's timeout
 
     async def ok() -> str:
         calls.append("ok")
@@ -219,7 +219,13 @@ def test_postgres_unavailable_gives_503_and_everything_recovers(env: dict[str, s
             placed = [httpx.post(base + "/api/v1/shop/orders", json=order_body(),
                                  headers={"X-Forwarded-For": new_ip()}).json()["order_id"]
                       for _ in range(3)]  # in flight in the MES when the database goes
-            time.sleep(0.3)
+
+            def in_the_mes() -> bool:
+                now = statuses(iso.dsn, placed)
+                return len(now) == 3 and set(now.values()) <= {"received", "priced",
+                                                                "scheduled", "printing"}
+
+            wait_for(in_the_mes, timeout=30, what="the orders to be in the MES")
             _admin(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS false')
             _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                    db_name)

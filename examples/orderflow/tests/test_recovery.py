@@ -29,6 +29,7 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
+from obskit.testing import wait_for_async
 from orderflow import crm, db, messaging
 from orderflow.batching import BatchWriter, WriterStopped
 from orderflow.config import Settings
@@ -84,12 +85,10 @@ async def _dead_letter_while_a_dependency_is_down(env: dict[str, str], order_id:
         consumer = messaging.Consumer(spec, handle, url=url)
         await consumer.start()
         try:
-            for _ in range(300):
-                if any(m["properties"].get("message_id") == f"order:{order_id}"
-                       for m in _peek(url, spec.dlq)):
-                    return
-                await asyncio.sleep(0.1)
-            raise AssertionError("the order never reached the DLQ")
+            mid = f"order:{order_id}"
+            await wait_for_async(lambda: any(m["properties"].get("message_id") == mid
+                                             for m in _peek(url, spec.dlq)),
+                                 timeout=30, interval=0.1, what="the order in the DLQ")
         finally:
             await consumer.stop()
 
@@ -277,7 +276,7 @@ async def test_stop_during_a_flush_lets_it_finish_and_fails_nothing_silently() -
     second = asyncio.create_task(writer.submit(2))  # queued behind the running flush
     await asyncio.sleep(0)
     stopping = asyncio.create_task(writer.stop())
-    await asyncio.sleep(0.05)
+    await wait_for_async(lambda: writer._stopping, timeout=2, interval=0, what="stop() to begin")
     release.set()
     await asyncio.wait_for(stopping, 2)
     await asyncio.wait_for(asyncio.gather(first, second), 2)
@@ -287,29 +286,36 @@ async def test_stop_during_a_flush_lets_it_finish_and_fails_nothing_silently() -
 
 
 async def test_a_hanging_flush_is_bounded_and_stop_does_not_hang() -> None:
+    flushes: list[list[int]] = []
+
     async def flush(items: list[int]) -> None:
-        await asyncio.sleep(3600)
+        flushes.append(items)
+        await asyncio.sleep(3600)  # hangs
 
     writer: BatchWriter[int] = BatchWriter("t", flush, flush_timeout=0.2)
     writer.start()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(writer.submit(1), 2)
     pending = asyncio.create_task(writer.submit(2))
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(flushes) == 2, timeout=2, interval=0,
+                         what="item 2's flush to hang")
     await asyncio.wait_for(writer.stop(), 2)
     with pytest.raises((TimeoutError, WriterStopped)):
         await asyncio.wait_for(pending, 2)
 
 
 async def test_a_dead_writer_task_fails_its_waiters() -> None:
+    flushes: list[list[int]] = []
+
     async def flush(items: list[int]) -> None:
-        await asyncio.sleep(3600)
+        flushes.append(items)
+        await asyncio.sleep(3600)  # hangs
 
     writer: BatchWriter[int] = BatchWriter("t", flush)
     writer.start()
     waiting = asyncio.create_task(writer.submit(1))
     queued = asyncio.create_task(writer.submit(2))
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: flushes, timeout=2, interval=0, what="a flush to hang")
     assert writer._task is not None
     writer._task.cancel()  # the task dies (a bug, a cancel from outside)
     for t in (waiting, queued):
