@@ -33,8 +33,15 @@ per request (``record_stage("accepted")``); ``obskit_journey`` also keeps it in 
 writer thread's.
 
 Spans go to a no-op exporter in both traced variants so the comparison measures instrumentation,
-not exporting. Prints req/s (median over rounds), p50/p99 latency (median over rounds) and the
-ratio to bare. Needs ``wrk`` (Debian package ``wrk``).
+not exporting. The deployment path (``--variants bare,obskit_file,obskit_live,obskit_10pct_live,
+stock_live``): ``obskit_file`` writes spans to obskit's JSON-lines file (the default without a
+collector); the ``_live`` variants export over OTLP/gRPC to a live endpoint in a process of its
+own that accepts and discards everything unparsed (``--otlp-sink``): ``obskit_live`` is the
+default ``init()`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (spans and every log line exported),
+``obskit_10pct_live`` the same at 10 % head sampling, ``obskit_live_nologs`` without log export,
+``stock_live`` the contrib setup with the SDK's gRPC exporter. The last column is the receiving
+end's CPU per request. Prints req/s (median over rounds), p50/p99 latency (median over rounds)
+and the ratio to bare. Needs ``wrk`` (Debian package ``wrk``).
 
 ``--callgrind N`` measures without noise instead: each variant's server runs under valgrind's
 callgrind with its cache simulation, serves 400 requests to warm up and then N more (8
@@ -62,9 +69,12 @@ from collections.abc import Sequence
 from typing import Any
 
 VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
+#: The deployment path: spans (and obskit's log records) exported over OTLP/gRPC to a live
+#: endpoint that accepts and discards everything (``--otlp-sink``, a process of its own).
+LIVE_VARIANTS = ("obskit_live", "obskit_10pct_live", "obskit_live_nologs", "stock_live")
 #: Diagnostic variants, run with --variants: where obskit's per-request cost goes.
 EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace", "obskit_10pct_norid", "obskit_stage",
-                  "obskit_journey")
+                  "obskit_journey", "obskit_file", *LIVE_VARIANTS)
 #: Where ``obskit_journey`` keeps its hops (a prefix of its own, emptied after the run).
 JOURNEY_URL = os.environ.get("BENCH_JOURNEY_URL", "redis://127.0.0.1:6379/0")
 JOURNEY_PREFIX = "obskit-bench"
@@ -91,11 +101,45 @@ def _noop_provider() -> Any:
     return provider
 
 
+def _otlp_provider(endpoint: str) -> Any:
+    """The stock contrib setup exporting for real: BatchSpanProcessor + the SDK's gRPC exporter."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
+                                                                    insecure=True)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
 def build_app(variant: str) -> Any:
     from fastapi import FastAPI
 
+    live = variant.endswith("_live") or variant == "obskit_live_nologs"
+    endpoint = os.environ.get("BENCH_OTLP_ENDPOINT", "")
+    if live and not endpoint:
+        raise SystemExit(f"{variant}: BENCH_OTLP_ENDPOINT is not set")
     if variant == "stock":
         provider = _noop_provider()
+    elif variant == "stock_live":
+        provider = _otlp_provider(endpoint)
+    elif live:  # obskit's default init(), as a service in the bundle runs it
+        import obskit
+
+        sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
+        obskit.init("bench", log_stream=sink, log_format="json", otlp_endpoint=endpoint,
+                    export_logs=variant != "obskit_live_nologs")
+    elif variant == "obskit_file":  # the default sink without a collector: a JSON-lines file
+        import tempfile
+
+        import obskit
+
+        sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
+        spans = os.path.join(tempfile.mkdtemp(prefix="bench-spans-"), "spans.jsonl")
+        obskit.init("bench", log_stream=sink, log_format="json", spans_file=spans)
     elif variant.startswith("obskit"):
         import obskit
 
@@ -127,7 +171,7 @@ def build_app(variant: str) -> Any:
         async def item(item_id: int) -> dict[str, int]:
             return {"item_id": item_id}
 
-    if variant == "stock":
+    if variant in ("stock", "stock_live"):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
@@ -135,6 +179,33 @@ def build_app(variant: str) -> Any:
 
 
 BEFORE = "before:"  # prefix of a variant served from the --before tree
+
+#: The OTLP/gRPC services the sink answers: every export is accepted and thrown away unparsed.
+_OTLP_SERVICES = ("opentelemetry.proto.collector.trace.v1.TraceService",
+                  "opentelemetry.proto.collector.logs.v1.LogsService",
+                  "opentelemetry.proto.collector.metrics.v1.MetricsService")
+
+
+def otlp_sink(port: int) -> None:
+    """A live OTLP/gRPC endpoint that accepts everything and keeps nothing (``--otlp-sink``).
+
+    The request bytes are not even parsed (no deserializer): the receiving end's cost is the
+    gRPC transport, as little as any collector could spend. An empty reply is a valid empty
+    ``Export*ServiceResponse``."""
+    from concurrent import futures
+
+    import grpc
+
+    def export(request: bytes, context: Any) -> bytes:
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.unary_unary_rpc_method_handler(export)  # bytes in, bytes out
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(name, {"Export": handler})
+                                     for name in _OTLP_SERVICES])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 def serve(variant: str, port: int, server: str = "standard") -> None:
@@ -232,10 +303,16 @@ def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
         proc.wait()
 
 
+#: The running ``--otlp-sink`` process (pid, endpoint), started once for the live variants.
+SINK: tuple[int, str] | None = None
+
+
 def measure(variant: str, duration: float, connections: int, threads: int,
             warmup: float, server: str, before: str | None = None) -> dict[str, float]:
     port = _free_port()
     variant, env = _variant_env(variant, before)
+    if SINK is not None:
+        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1]}
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
@@ -247,9 +324,13 @@ def measure(variant: str, duration: float, connections: int, threads: int,
         if warmup > 0:
             run_wrk(url, warmup, connections, threads)
         cpu0 = cpu_seconds(proc.pid)
+        sink0 = cpu_seconds(SINK[0]) if SINK is not None else 0.0
         res = run_wrk(url, duration, connections, threads)
         # Server CPU per request: unlike req/s, barely affected by other load on the machine.
         res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(1, res["requests"]) * 1e6
+        # The receiving end's share (what a collector would spend, at the least).
+        res["sink_us"] = ((cpu_seconds(SINK[0]) - sink0) / max(1, res["requests"]) * 1e6
+                          if SINK is not None else 0.0)
         return res
     finally:
         _stop(proc, 10)
@@ -371,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "simulation, per-request instructions and cache misses (no noise)")
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.otlp_sink:
+        otlp_sink(args.otlp_sink)
+        return 0
     if args.serve:
         serve(args.serve, args.port, args.server)
         return 0
@@ -403,12 +488,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_server(args: argparse.Namespace, server: str) -> None:
+    global SINK
     variants = [v for v in args.variants.split(",") if v]
     if args.before:
         if not os.path.isdir(os.path.join(args.before, "obskit")):
             raise SystemExit(f"--before {args.before}: no obskit package in that directory")
         variants += [BEFORE + v for v in variants if v.startswith("obskit")]
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    sink = None
+    if any(v.split(":")[-1] in LIVE_VARIANTS for v in variants):
+        sink_port = _free_port()
+        sink = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                 "--otlp-sink", str(sink_port)])
+        _wait_port(sink_port)
+        SINK = (sink.pid, f"http://127.0.0.1:{sink_port}")
+    try:
+        _rounds(args, server, variants, results)
+    finally:
+        if sink is not None:
+            _stop(sink, 5)
+            SINK = None
+    _report(args, server, variants, results)
+
+
+def _rounds(args: argparse.Namespace, server: str, variants: list[str],
+            results: dict[str, list[dict[str, float]]]) -> None:
     for r in range(args.rounds):
         # Rotate who goes first so slow phases of the machine hit every variant alike.
         k = r % len(variants)
@@ -420,6 +524,9 @@ def run_server(args: argparse.Namespace, server: str) -> None:
                   f"p50 {res['p50']:6.2f} ms  p99 {res['p99']:7.2f} ms  "
                   f"cpu {res['cpu_us']:6.1f} us/req", flush=True)
 
+
+def _report(args: argparse.Namespace, server: str, variants: list[str],
+            results: dict[str, list[dict[str, float]]]) -> None:
     def med(v: str, key: str) -> float:
         return statistics.median(x[key] for x in results[v])
 
@@ -431,8 +538,8 @@ def run_server(args: argparse.Namespace, server: str) -> None:
     bare_cpu = med("bare", "cpu_us") if "bare" in results else None
     stock_cpu = med("stock", "cpu_us") if "stock" in results else None
     print("| variant | req/s | p50 ms | p99 ms | req/s vs bare | req/s vs stock | req/s spread "
-          "| server CPU µs/req | CPU-based vs bare | CPU-based vs stock |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+          "| server CPU µs/req | CPU-based vs bare | CPU-based vs stock | receiver CPU µs/req |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for v in variants:
         rps = med(v, "rps")
         cpu = med(v, "cpu_us")
@@ -441,7 +548,8 @@ def run_server(args: argparse.Namespace, server: str) -> None:
               f"{'' if not bare else f'{rps / bare:.2f}'} | "
               f"{'' if not stock else f'{rps / stock:.2f}x'} | {spread} | {cpu:.0f} | "
               f"{'' if not bare_cpu else f'{bare_cpu / cpu:.2f}'} | "
-              f"{'' if not stock_cpu else f'{stock_cpu / cpu:.2f}x'} |")
+              f"{'' if not stock_cpu else f'{stock_cpu / cpu:.2f}x'} | "
+              f"{med(v, 'sink_us'):.1f} |")
     if "obskit_journey" in variants:
         from obskit.journey import JourneyStore
 
