@@ -426,55 +426,48 @@ def _overrides_translate(exporter_class: Any) -> bool:
     return callable(getattr(exporter_class, "_translate_data", None))
 
 
+def _stepped(path: str, exporter_class: Any, encode: Any = None,
+             layers: tuple[str, str, str] = SPAN_LAYERS) -> Any:
+    """``exporter_class`` encoding a batch in steps (``encode_in_steps``) when the fast path
+    ``path`` is on and the class has the hook to override; decides and reports it."""
+    if not _fastpaths.enabled(path):
+        _fastpaths.report(path, False, "disabled")
+        return exporter_class
+    if not _overrides_translate(exporter_class):
+        _fastpaths.report(path, False,
+                          f"{exporter_class.__name__} does not encode through _translate_data")
+        return exporter_class
+
+    class Stepped(exporter_class):  # type: ignore[misc,valid-type]
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            return encode_in_steps(data, encode, layers)
+
+    Stepped.__name__ = Stepped.__qualname__ = f"Stepped{exporter_class.__name__}"
+    _fastpaths.report(path, True)
+    return Stepped
+
+
 def grpc_span_exporter_class() -> Any:
-    """The SDK's gRPC OTLP span exporter, encoding a batch in steps (``encode_in_steps``) when
-    the ``stepped_otlp_spans`` fast path is on; decides and reports it."""
+    """The SDK's gRPC OTLP span exporter, stepped when ``stepped_otlp_spans`` is on."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    if not _fastpaths.enabled("stepped_otlp_spans"):
-        _fastpaths.report("stepped_otlp_spans", False, "disabled")
-        return OTLPSpanExporter
-    if not _overrides_translate(OTLPSpanExporter):
-        _fastpaths.report("stepped_otlp_spans", False,
-                          "OTLPSpanExporter does not encode through _translate_data")
-        return OTLPSpanExporter
-
-    class SteppedOTLPSpanExporter(OTLPSpanExporter):  # type: ignore[misc]
-        """The SDK's gRPC span exporter, encoding a batch in steps (``encode_in_steps``)."""
-
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-            return encode_in_steps(data)
-
-    _fastpaths.report("stepped_otlp_spans", True)
-    return SteppedOTLPSpanExporter
+    return _stepped("stepped_otlp_spans", OTLPSpanExporter)
 
 
 def grpc_log_exporter_class() -> Any:
-    """The gRPC OTLP log exporter, stepped when ``stepped_otlp_logs`` is on (see above)."""
+    """The SDK's gRPC OTLP log exporter, stepped when ``stepped_otlp_logs`` is on."""
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-    if not _fastpaths.enabled("stepped_otlp_logs"):
-        _fastpaths.report("stepped_otlp_logs", False, "disabled")
-        return OTLPLogExporter
     try:  # the encoder's module is the SDK's own (private) one: without it, plain export
         from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
     except ImportError:
-        _fastpaths.report("stepped_otlp_logs", False,
-                          "opentelemetry.exporter.otlp.proto.common._log_encoder is missing")
+        if _fastpaths.enabled("stepped_otlp_logs"):
+            _fastpaths.report("stepped_otlp_logs", False,
+                              "opentelemetry.exporter.otlp.proto.common._log_encoder is missing")
+        else:
+            _fastpaths.report("stepped_otlp_logs", False, "disabled")
         return OTLPLogExporter
-    if not _overrides_translate(OTLPLogExporter):
-        _fastpaths.report("stepped_otlp_logs", False,
-                          "OTLPLogExporter does not encode through _translate_data")
-        return OTLPLogExporter
-
-    class SteppedOTLPLogExporter(OTLPLogExporter):  # type: ignore[misc]
-        """The SDK's gRPC log exporter, encoding a batch in steps (``encode_in_steps``)."""
-
-        def _translate_data(self, data: Sequence[Any]) -> Any:
-            return encode_in_steps(data, encode_logs, LOG_LAYERS)
-
-    _fastpaths.report("stepped_otlp_logs", True)
-    return SteppedOTLPLogExporter
+    return _stepped("stepped_otlp_logs", OTLPLogExporter, encode_logs, LOG_LAYERS)
 
 
 def _otlp_span_exporter(settings: Settings) -> SpanExporter:
