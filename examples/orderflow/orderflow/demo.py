@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,10 @@ QUALITIES = ("draft", "standard", "fine")
 #: With faults on: stop waiting for in-flight orders after this long without any status change
 #: (the ``slow-mes`` fault adds its seconds per stage).
 QUIET_SECONDS = 10.0
+#: Tries per request when the connection fails (the order keeps its Idempotency-Key).
+ATTEMPTS = 3
+#: Seconds an idle pooled connection is kept: below uvicorn's 5 s keep-alive.
+KEEPALIVE_EXPIRY = 2.0
 INVALID = (
     {"customer_email": "not-an-email", "quantity": 1},
     {"customer_email": "x@example.com", "quantity": 0,
@@ -83,14 +88,33 @@ class Traffic:
         self.rejected_invalid = 0
         self.rate_limited = 0
         self.dashboard_reads = 0
+        self.retried = 0  # requests sent again after a connection error (same Idempotency-Key)
         self.errors: list[str] = []
+
+    async def _request(self, client: httpx.AsyncClient, method: str, url: str,
+                       **kwargs: Any) -> httpx.Response:
+        """Like a careful client: a request that met a connection error (the server closing
+        an idle connection as it is reused, a restart) goes again, up to ``ATTEMPTS`` times.
+        Safe for orders because each carries its own ``Idempotency-Key``."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await client.request(method, url, **kwargs)
+            except httpx.TransportError:
+                if attempt == ATTEMPTS:
+                    raise
+                self.retried += 1
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     async def send(self, client: httpx.AsyncClient, channel: str, body: dict[str, Any],
                    key: str | None = None) -> None:
         path = "/api/v1/shop/orders" if channel == "b2c" else "/api/v1/partner/orders"
-        headers = {"X-API-Key": key} if key else {}
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        if key:
+            headers["X-API-Key"] = key
         try:
-            r = await client.post(self.base + path, json=body, headers=headers)
+            r = await self._request(client, "POST", self.base + path, json=body,
+                                    headers=headers)
         except httpx.HTTPError as exc:
             self.errors.append(repr(exc))
             return
@@ -109,7 +133,8 @@ class Traffic:
         while not stop.is_set():
             for path in ("/api/v1/dashboard/summary", f"/api/v1/dashboard/orders?status={status}"):
                 try:
-                    r = await client.get(self.base + path, headers=self.manager_headers)
+                    r = await self._request(client, "GET", self.base + path,
+                                            headers=self.manager_headers)
                     if r.status_code == 200:
                         self.dashboard_reads += 1
                     elif r.status_code in (401, 403):  # a setup error, not load: say so
@@ -123,7 +148,10 @@ class Traffic:
 
     async def run(self, duration: float, rate: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
-        async with httpx.AsyncClient(timeout=30.0) as client:
+        # Idle pooled connections expire before the server's keep-alive (uvicorn: 5 s), so the
+        # client never reuses one the server is closing at that moment.
+        limits = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
+        async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
             stop = asyncio.Event()
             managers = [asyncio.create_task(self.manager(client, stop, status))
                         for status in ("printing", "done")]
@@ -302,6 +330,7 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
                        for ch in ("b2c", "b2b")},
         "accepted_per_second": round(len(ids) / send_seconds, 1) if send_seconds else None,
         "transport_errors": len(traffic.errors),
+        "retried_after_connection_error": traffic.retried,
         "unaccounted_order_ids": unaccounted[:20],
         "faults": on,
         # Known states, so not unaccounted: where the faults stopped them.
@@ -323,6 +352,9 @@ def format_summary(s: dict[str, Any]) -> str:
             f"lost_on_purpose   {s['lost_on_purpose']}   stopped at: {stuck}",
             f"processed_twice   {s['processed_twice']}",
         ]
+    if s["transport_errors"] or s["retried_after_connection_error"]:
+        lines.append(f"connection errors {s['retried_after_connection_error']} retried with the "
+                     f"same Idempotency-Key, {s['transport_errors']} gave up")
     return "\n".join([
         *lines,
         f"accepted          {s['accepted']}  (b2c {s['by_channel']['b2c']}, "
