@@ -243,6 +243,12 @@ OPTIONS: tuple[Option, ...] = (
            "`json` lines, readable `console`, or `auto` (console on a TTY, JSON otherwise)."),
     Option("export_logs", "OBSKIT_EXPORT_LOGS", True, _bool,
            "Also export log records over OTLP when an endpoint is set (exactly once)."),
+    Option("export_process", "OBSKIT_EXPORT_PROCESS", True, _bool,
+           "With an OTLP endpoint, encode and send spans and log records in a helper process "
+           "(`python -m obskit._export_process`, started by `init()`, ending with the "
+           "service) instead of the service's own threads: the SDK's encoding is pure Python "
+           "and would share the GIL with your requests "
+           "(docs/explanation/export-process.md). `false`: the SDK's exporters in-process."),
     Option("scrub_keys", "OBSKIT_SCRUB_KEYS", (), _csv,
            "Extra key names whose values are replaced by `[REDACTED]` in logs and span "
            "attributes, in addition to the built-in list (password, secret, token, ...)."),

@@ -38,6 +38,7 @@ class Handle:
     logger_provider: Any | None  # None unless logs go over OTLP
     integrations: list[IntegrationStatus] = field(default_factory=list)
     metrics_server: Any | None = None
+    export_link: Any | None = None  # the export process's link (obskit._export_process)
     pid: int = field(default_factory=os.getpid)
 
     @property
@@ -93,15 +94,22 @@ def init(service_name: str | None = None, *, registry: CollectorRegistry | None 
 
         provider = None
         logger_provider = None
+        link = None
         if not settings.sdk_disabled:
-            provider = _tracing.setup_tracer_provider(settings, cat, tracer_provider)
-            if settings.otlp_endpoint and settings.export_logs:
-                logger_provider = _tracing.build_logger_provider(
-                    settings, _tracing.build_resource(settings), cat)
+            log_resource = (_tracing.build_resource(settings)
+                            if settings.otlp_endpoint and settings.export_logs else None)
+            if settings.otlp_endpoint and settings.export_process:
+                link = _tracing.export_link(settings, cat, log_resource)
+            provider = _tracing.setup_tracer_provider(settings, cat, tracer_provider, link)
+            if log_resource is not None:
+                logger_provider = (_tracing.HandoffLogs(link, log_resource) if link is not None
+                                   else _tracing.build_logger_provider(settings, log_resource,
+                                                                       cat))
         _logging.configure(settings, logger_provider, stream=log_stream)
 
         handle = Handle(settings=settings, catalogue=cat, registry=cat.registry,
-                        tracer_provider=provider, logger_provider=logger_provider)
+                        tracer_provider=provider, logger_provider=logger_provider,
+                        export_link=link)
         if settings.metrics_port is not None:
             from obskit.exposition import start_metrics_server
 
@@ -184,6 +192,11 @@ def _after_fork_in_child() -> None:
     if handle is not None:
         handle.metrics_server = None
         handle.pid = os.getpid()
+        if handle.export_link is not None:
+            try:
+                handle.export_link.after_fork_in_child()
+            except Exception as exc:
+                internal_error("fork.export", exc)
         try:
             journey.restart_after_fork(handle.settings, handle.catalogue)
         except Exception as exc:

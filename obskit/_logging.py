@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
+from opentelemetry.trace import get_current_span as _get_current_span
 
 from obskit import _deferred, processors
 from obskit._config import Settings
@@ -31,15 +32,18 @@ _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", 
 
 
 class _OtlpExport:
-    """Processor that emits the event as an OTel log record (body = event, rest = attributes)."""
+    """Processor that emits the event as an OTel log record (body = event, rest = attributes).
+
+    With the export process (``logger_provider`` has ``add_log``), the record goes there as a
+    tuple of what the SDK's ``LogRecord`` would hold; the child makes that ``LogRecord``.
+    """
 
     def __init__(self, logger_provider: Any) -> None:
-        self._logger = logger_provider.get_logger("obskit")
+        self._add = getattr(logger_provider, "add_log", None)
+        self._logger = None if self._add is not None else logger_provider.get_logger("obskit")
 
     def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         try:
-            from opentelemetry._logs import LogRecord, SeverityNumber
-
             level = str(event_dict.get("level", "info"))
             attributes = {
                 k: (v if isinstance(v, str | bool | int | float) else str(v))
@@ -48,7 +52,17 @@ class _OtlpExport:
             }
             if str(event_dict.get("logger", "")).startswith("opentelemetry"):
                 return event_dict  # exporter trouble is not exported through the exporter
-            self._logger.emit(
+            add = self._add
+            if add is not None:
+                # What the SDK's LogRecord reads: the current span's ids, observed now.
+                sc = _get_current_span().get_span_context()
+                add((time.time_ns(), sc.trace_id, sc.span_id, int(sc.trace_flags),
+                     level.upper(), _SEVERITY.get(level, 9), str(event_dict.get("event", "")),
+                     attributes or None))
+                return event_dict
+            from opentelemetry._logs import LogRecord, SeverityNumber
+
+            self._logger.emit(  # type: ignore[union-attr]
                 LogRecord(
                     context=None,  # current context: carries the active span
                     severity_text=level.upper(),

@@ -500,10 +500,72 @@ def _otlp_log_exporter(settings: Settings) -> Any:
                            timeout=settings.otlp_timeout)
 
 
-def span_processors(settings: Settings, cat: Catalogue) -> list[SpanProcessor]:
+class HandoffSpanProcessor(SpanProcessor):
+    """Sampled spans to the export process (``obskit._export_process``): on the request's
+    thread, only a queue append."""
+
+    def __init__(self, link: Any) -> None:
+        self._link = link
+        self._add = link.add_span
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is not None and ctx.trace_flags.sampled:
+            self._add(span)
+
+    def shutdown(self) -> None:
+        self._link.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self._link.force_flush(timeout_millis))
+
+
+class HandoffLogs:
+    """What ``init()`` keeps as its logger provider when log records go to the export process:
+    ``add_log`` (``_logging._OtlpExport`` calls it), flush and shutdown, and the records'
+    resource (renewed in a forked worker like the SDK provider's)."""
+
+    def __init__(self, link: Any, resource: Resource) -> None:
+        self.add_log = link.add_log
+        self.resource = resource
+        self._link = link
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self._link.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self._link.shutdown()
+
+
+def export_link(settings: Settings, cat: Catalogue, log_resource: Resource | None) -> Any:
+    """The service's end of the export process (``obskit._export_process``), with its counts
+    going to ``cat``; ``log_resource`` None: no log records are exported."""
+    from obskit import _export_process
+
+    def on_counts(kind: str, exported: int, dropped: dict[str, int]) -> None:
+        if kind == "spans":
+            if exported:
+                cat.spans_exported.inc(exported)
+            for reason, n in dropped.items():
+                cat.spans_dropped.labels(reason).inc(n)
+        else:
+            for reason, n in dropped.items():
+                cat.logs_dropped.labels(reason).inc(n)
+
+    def on_dropped(kind: str, n: int) -> None:
+        on_counts(kind, 0, {"queue_full": n})
+
+    return _export_process.ExportLink(
+        lambda: _export_process.child_config(settings, log_resource), on_counts, on_dropped)
+
+
+def span_processors(settings: Settings, cat: Catalogue,
+                    link: Any = None) -> list[SpanProcessor]:
     processors: list[SpanProcessor] = [OrderSpanProcessor()]
     exporter: SpanExporter | None = None
-    if settings.otlp_endpoint:
+    if link is not None:
+        processors.append(HandoffSpanProcessor(link))
+    elif settings.otlp_endpoint:
         exporter = _otlp_span_exporter(settings)
     elif settings.resolved_spans_file:
         exporter = JsonLinesSpanExporter(settings.resolved_spans_file,
@@ -514,7 +576,8 @@ def span_processors(settings: Settings, cat: Catalogue) -> list[SpanProcessor]:
 
 
 def setup_tracer_provider(settings: Settings, cat: Catalogue,
-                          provider: TracerProvider | None = None) -> TracerProvider:
+                          provider: TracerProvider | None = None,
+                          link: Any = None) -> TracerProvider:
     """Our processors on ``provider`` (or the global SDK one, or a new global one)."""
     if provider is None:
         current = trace.get_tracer_provider()
@@ -524,7 +587,7 @@ def setup_tracer_provider(settings: Settings, cat: Catalogue,
             provider = TracerProvider(resource=build_resource(settings),
                                       sampler=build_sampler(settings), shutdown_on_exit=False)
             trace.set_tracer_provider(provider)
-    for p in span_processors(settings, cat):
+    for p in span_processors(settings, cat, link):
         provider.add_span_processor(p)
     return provider
 

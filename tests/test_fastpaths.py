@@ -131,6 +131,9 @@ def run_workload(disabled: str, tmp_path: Any) -> dict[str, Any]:
     with OtlpReceiver("grpc") as receiver:
         env = {**os.environ, **receiver.env(), "OBSKIT_DISABLE_FAST_PATHS": disabled,
                "FP_OUT": str(out), "FP_AMQP": AMQP,
+               # The stepped encoders and the queue-drop paths are the in-process exporters'
+               # (tests/test_export_process.py covers the export process).
+               "OBSKIT_EXPORT_PROCESS": "0",
                "FP_QUEUE": f"obskit-fastpaths-{uuid.uuid4().hex[:10]}",
                "OBSKIT_RABBITMQ_URL": AMQP, "OTEL_BSP_SCHEDULE_DELAY": "60000",
                "OTEL_BLRP_SCHEDULE_DELAY": "60000"}

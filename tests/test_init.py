@@ -153,8 +153,9 @@ def test_safe_at_import_time_with_a_dead_collector():
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.parametrize("export_process", ["1", "0"])
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_dead_collector_neither_raises_nor_blocks_and_counts_drops(protocol):
+def test_dead_collector_neither_raises_nor_blocks_and_counts_drops(protocol, export_process):
     port = _free_port()
     r = _run(
         """
@@ -168,15 +169,25 @@ def test_dead_collector_neither_raises_nor_blocks_and_counts_drops(protocol):
                 pass
         elapsed = time.perf_counter() - t0
         cat = h.catalogue
-        dropped = sum(cat.registry.get_sample_value(
-            "obskit_telemetry_spans_dropped_total", {"reason": r}) or 0
-            for r in ("queue_full", "export_failed"))
+
+        def dropped():
+            return sum(cat.registry.get_sample_value(
+                "obskit_telemetry_spans_dropped_total", {"reason": r}) or 0
+                for r in ("queue_full", "export_failed"))
+
+        # In-process, drops are counted as they happen; the export process reports its own
+        # (a full queue there, failed exports) as they happen too, a moment later.
+        deadline = time.monotonic() + 20
+        while dropped() < 5000 - 512 - 512 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dropped = dropped()
         # stderr: the exporter thread's log lines go to stdout and could split a print there
         print(json.dumps({"elapsed": elapsed, "dropped": dropped}), file=sys.stderr)
         """,
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
              "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
-             "OTEL_BSP_MAX_QUEUE_SIZE": "512", "OTEL_BSP_SCHEDULE_DELAY": "50"},
+             "OTEL_BSP_MAX_QUEUE_SIZE": "512", "OTEL_BSP_SCHEDULE_DELAY": "50",
+             "OBSKIT_EXPORT_PROCESS": export_process},
     )
     assert r.returncode == 0, r.stderr
     (result,) = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith('{"elapsed"')]

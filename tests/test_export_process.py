@@ -1,0 +1,365 @@
+"""The export process: what reaches the collector equals the SDK's in-process encoding, the
+service never blocks on it, and export survives a collector (or the process) going away."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import TraceState as OTelTraceState
+
+from obskit import _export_process, _logging
+from obskit.testing import OtlpReceiver, wait_for
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _varied_spans() -> list[Any]:
+    """Spans with every field the OTLP encoder reads, including dropped counts."""
+    keep = _Keep()
+    provider = TracerProvider(
+        resource=Resource({"service.name": "svc", "k8s.pod": "p-1", "n": 3},
+                          "https://opentelemetry.io/schemas/1.21.0"),
+        span_limits=SpanLimits(max_span_attributes=4, max_events=1, max_links=1,
+                               max_event_attributes=1, max_link_attributes=1))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("lib", "1.2.3", "https://schema/x", {"scope.attr": "v"})
+    other = provider.get_tracer("other")
+    remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1),
+                         trace_state=OTelTraceState([("vendor", "abc"), ("k", "v")]))
+    parent_ctx = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    with tracer.start_as_current_span(
+            "server", context=parent_ctx, kind=SpanKind.SERVER,
+            attributes={"s": "x", "i": 7, "f": 1.5, "b": True, "seq": ("a", "b")},
+            links=[Link(remote, {"l1": 1, "l2": 2}),
+                   Link(SpanContext(0x99, 0x98, False, TraceFlags(1)))]) as span:
+        span.set_attribute("over.limit", "dropped")  # 6 attributes, limit 4: 2 dropped
+        span.add_event("first", {"e1": 1, "e2": 2}, timestamp=123)
+        span.add_event("second")  # limit 1: dropped
+        span.set_status(Status(StatusCode.ERROR, "broke"))
+        with other.start_as_current_span("client", kind=SpanKind.CLIENT) as child:
+            child.set_attribute("ints", [1, 2, 3])
+    with tracer.start_as_current_span("plain", kind=SpanKind.CONSUMER):
+        pass
+    provider.shutdown()
+    return keep.spans
+
+
+def _through_the_pipe(spans: list[Any]) -> list[Any]:
+    frame = _export_process.spans_frame(spans)
+    return _export_process.rebuild_spans(marshal.loads(frame[4:]))
+
+
+def test_rebuilt_spans_encode_exactly_as_the_originals() -> None:
+    spans = _varied_spans()
+    assert spans[1].dropped_attributes == 2 and spans[1].dropped_events == 1
+    assert spans[1].dropped_links == 1 and spans[1].parent.is_remote
+    original = encode_spans(spans).SerializeToString(deterministic=True)
+    rebuilt = encode_spans(_through_the_pipe(spans)).SerializeToString(deterministic=True)
+    assert rebuilt == original
+
+
+def _logs_both_ways(emit: Any) -> tuple[bytes, bytes]:
+    """The same log events through the SDK's Logger (in-process) and through the export
+    process's tuples and ``LogRebuilder``; observed times set equal (they are 'now')."""
+    resource = Resource({"service.name": "svc", "service.instance.id": "i-1"})
+    sdk_records: list[Any] = []
+
+    class Collect:
+        def on_emit(self, record: Any) -> None:
+            sdk_records.append(ReadableLogRecord(
+                log_record=record.log_record, resource=record.resource,
+                instrumentation_scope=record.instrumentation_scope, limits=record.limits))
+
+        emit = on_emit
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 0) -> bool:
+            return True
+
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    provider.add_log_record_processor(Collect())  # type: ignore[arg-type]
+    tuples: list[tuple[Any, ...]] = []
+
+    class Handoff:
+        add_log = tuples.append
+
+    emit(_logging._OtlpExport(provider))
+    emit(_logging._OtlpExport(Handoff()))
+    rebuilt = _export_process.LogRebuilder(dict(resource.attributes), resource.schema_url) \
+        .rebuild([(0, *t[1:]) for t in tuples])
+    for r in sdk_records:
+        r.log_record.observed_timestamp = 0
+    return (encode_logs(sdk_records).SerializeToString(deterministic=True),
+            encode_logs(rebuilt).SerializeToString(deterministic=True))
+
+
+def test_rebuilt_log_records_encode_exactly_as_the_sdks() -> None:
+    request = trace.NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(1)))
+
+    def emit(export: Any) -> None:
+        export(None, "info", {"event": "outside a span", "level": "info", "logger": "app",
+                              "order_id": "o-1", "n": 3, "ok": True, "obj": object.__name__})
+        with trace.use_span(request):
+            export(None, "error", {"event": "inside", "level": "error", "logger": "app",
+                                   "trace_id": "ignored", "latency": 1.25, "none": None})
+        export(None, "warning", {"event": "exporter trouble", "logger": "opentelemetry.x"})
+
+    sdk, rebuilt = _logs_both_ways(emit)
+    assert b"inside" in sdk and b"o-1" in sdk and b"exporter trouble" not in sdk
+    assert rebuilt == sdk
+
+
+APP = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import obskit
+    from opentelemetry import trace
+    handle = obskit.init("export-proc", otlp_timeout=1.0)
+    tracer = trace.get_tracer("t")
+    log = obskit.get_logger("app")
+    cat = handle.catalogue
+
+    def burst(tag, n):
+        for i in range(n):
+            with tracer.start_as_current_span(f"{tag}-{i}"):
+                log.info(tag, i=i)
+
+    def dropped():
+        r = handle.registry
+        return {k: sum(r.get_sample_value(f"obskit_telemetry_{k}_dropped_total", {"reason": x})
+                       or 0 for x in ("queue_full", "export_failed"))
+                for k in ("spans", "log_records")}
+
+    def say(**kw):
+        print(json.dumps(kw), file=sys.stderr, flush=True)
+
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "burst":
+            t = time.monotonic()
+            burst(cmd[1], int(cmd[2]))
+            say(took=time.monotonic() - t)
+        elif cmd[0] == "flush":
+            t = time.monotonic()
+            handle.force_flush(float(cmd[1]))
+            say(took=time.monotonic() - t)
+        elif cmd[0] == "state":
+            say(dropped=dropped(), child=handle.export_link.child_pid,
+                exported=handle.registry.get_sample_value(
+                    "obskit_telemetry_spans_exported_total"))
+    obskit.shutdown()
+    """
+)
+
+
+class _App:
+    """APP in a process of its own, driven line by line; it reports on stderr as JSON."""
+
+    def __init__(self, endpoint: str) -> None:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OBSKIT_LOG_LEVEL": "INFO",
+               "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_BLRP_SCHEDULE_DELAY": "200",
+               "OBSKIT_RAISE_INTERNAL_ERRORS": "0"}
+        self.proc = subprocess.Popen([sys.executable, "-c", APP], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        while True:  # the child's own warnings share stderr: skip what is not ours
+            line = self.proc.stderr.readline()
+            assert line, "the app ended"
+            if line.startswith("{\""):
+                try:
+                    return dict(json.loads(line))
+                except ValueError:
+                    continue
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_export_goes_on_after_the_collector_comes_back() -> None:
+    port = _free_port()
+    receiver = OtlpReceiver("grpc", port=port).start()
+    app = _App(receiver.endpoint)
+    try:
+        app.ask("burst up 20")
+        receiver.wait_for_spans(lambda s: sum(x.name.startswith("up-") for x in s) == 20)
+        receiver.wait_for_logs(lambda s: sum(str(x.body) == "up" for x in s) == 20)
+        child = app.ask("state")["child"]
+        assert child is not None
+
+        receiver.stop()  # the collector is gone: nothing blocks, drops are counted
+        took = app.ask("burst down 3000")["took"]
+        wait_for(lambda: min(app.ask("state")["dropped"].values()) > 0, timeout=30,
+                 what="drop counters for spans and log records")
+        state = app.ask("state")
+        assert state["child"] == child  # the same export process carries on
+
+        receiver = OtlpReceiver("grpc", port=port).start()  # back, same address
+        # What waited in the export process's queue goes first, by itself...
+        receiver.wait_for_spans(lambda s: any(x.name.startswith("down-") for x in s),
+                                timeout=30)
+        app.ask("flush 30")
+        # ...and what comes next follows it.
+        app.ask("burst again 20")
+        receiver.wait_for_spans(lambda s: sum(x.name.startswith("again-") for x in s) == 20,
+                                timeout=30)
+        receiver.wait_for_logs(lambda s: sum(str(x.body) == "again" for x in s) == 20,
+                               timeout=30)
+        assert took < 30  # no export wait on the service's path (a sanity bound, not timing)
+        assert app.close() == 0
+    finally:
+        app.proc.kill()
+        receiver.stop()
+
+
+def test_a_dead_export_process_is_replaced_and_the_service_exits_cleanly() -> None:
+    with OtlpReceiver("grpc") as receiver:
+        app = _App(receiver.endpoint)
+        try:
+            app.ask("burst one 5")
+            receiver.wait_for_spans(lambda s: sum(x.name.startswith("one-") for x in s) == 5)
+            child = wait_for(lambda: app.ask("state")["child"], what="the export process")
+            os.kill(child, signal.SIGKILL)
+            wait_for(lambda: app.ask("burst two 1") and app.ask("state")["child"] not in
+                     (None, child), timeout=20, what="a new export process")
+            app.ask("burst three 5")
+            receiver.wait_for_spans(lambda s: sum(x.name.startswith("three-") for x in s) == 5,
+                                    timeout=30)
+            last = app.ask("state")["child"]
+            assert app.close() == 0
+            wait_for(lambda: not os.path.exists(f"/proc/{last}") or
+                     open(f"/proc/{last}/stat").read().split()[2] == "Z", timeout=10,
+                     what="the export process ends with the service")
+        finally:
+            app.proc.kill()
+
+
+def test_a_stalled_export_process_never_blocks_the_service() -> None:
+    with OtlpReceiver("grpc") as receiver:
+        app = _App(receiver.endpoint)
+        try:
+            app.ask("burst warm 2")
+            child = wait_for(lambda: app.ask("state")["child"], what="the export process")
+            os.kill(child, signal.SIGSTOP)  # reads nothing: the pipe fills
+            try:
+                took = app.ask("burst stalled 20000")["took"]
+                wait_for(lambda: app.ask("state")["dropped"]["spans"] > 0, timeout=20,
+                         what="queue_full drops while the export process is stalled")
+                assert took < 60
+            finally:
+                os.kill(child, signal.SIGCONT)
+            app.ask("flush 30")  # the backlog in the pipe first
+            app.ask("burst after 5")
+            receiver.wait_for_spans(lambda s: sum(x.name.startswith("after-") for x in s) == 5,
+                                    timeout=30)
+            assert app.close() == 0
+        finally:
+            app.proc.kill()
+
+
+FORKING = textwrap.dedent(
+    """
+    import os, sys
+    import obskit
+    from opentelemetry import trace
+    handle = obskit.init("forking")
+    with trace.get_tracer("t").start_as_current_span("in-parent"):
+        pass
+    handle.force_flush(10)
+    pid = os.fork()
+    if pid == 0:
+        with trace.get_tracer("t").start_as_current_span("in-child"):
+            pass
+        obskit.get_handle().force_flush(10)
+        obskit.shutdown()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    obskit.shutdown()
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_forked_worker_exports_through_an_export_process_of_its_own() -> None:
+    with OtlpReceiver("grpc") as receiver:
+        r = subprocess.run([sys.executable, "-c", FORKING],
+                           env={**os.environ, **receiver.env()}, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        spans = receiver.wait_for_spans(lambda s: {"in-parent", "in-child"} <= {x.name for x in s})
+    by_name = {s.name: s for s in spans}
+    assert by_name["in-parent"].resource["service.instance.id"] != \
+        by_name["in-child"].resource["service.instance.id"]
+
+
+def test_the_in_process_exporters_remain_when_switched_off(monkeypatch: Any) -> None:
+    import obskit
+
+    with OtlpReceiver("grpc") as receiver:
+        handle = obskit.init("inproc", otlp_endpoint=receiver.endpoint, export_process=False,
+                             log_stream=open(os.devnull, "w"))  # noqa: SIM115
+        assert handle.export_link is None
+        with trace.get_tracer("t").start_as_current_span("inproc-span"):
+            obskit.get_logger("a").info("inproc-line")
+        handle.force_flush(10)
+        receiver.wait_for_spans(lambda s: any(x.name == "inproc-span" for x in s))
+        receiver.wait_for_logs(lambda s: any(str(x.body) == "inproc-line" for x in s))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_spans_and_logs_arrive_through_the_export_process(protocol: str) -> None:
+    import obskit
+
+    with OtlpReceiver(protocol) as receiver:
+        handle = obskit.init("via-child", otlp_endpoint=receiver.endpoint,
+                             otlp_protocol=protocol, log_stream=open(os.devnull, "w"))  # noqa: SIM115
+        assert handle.export_link is not None
+        with trace.get_tracer("t").start_as_current_span("via-span") as span:
+            obskit.get_logger("a").info("via-line", order_id="o-9")
+        handle.force_flush(10)
+        assert handle.export_link.child_pid is not None
+        (got,) = receiver.wait_for_spans(lambda s: any(x.name == "via-span" for x in s))
+        logs = receiver.wait_for_logs(lambda s: any(str(x.body) == "via-line" for x in s))
+        line = next(x for x in logs if str(x.body) == "via-line")
+        assert line.trace_id == got.trace_id == f"{span.get_span_context().trace_id:032x}"
+        assert line.attributes["order_id"] == "o-9"
+        assert handle.registry.get_sample_value("obskit_telemetry_spans_exported_total") >= 1
