@@ -53,7 +53,7 @@ demo: demo-setup services
 	$(VENV)/bin/orderflow demo --duration 20
 
 lint: setup
-	$(VENV)/bin/ruff check obskit tests benchmarks examples/orderflow
+	$(VENV)/bin/ruff check obskit tests benchmarks examples/orderflow loadtest
 	$(VENV)/bin/mypy obskit
 
 bench: setup services
