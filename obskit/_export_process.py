@@ -53,6 +53,8 @@ RESPAWN_SECONDS = 1.0
 #: The pipe's buffer (Linux raises it to this when allowed; 64 KiB otherwise).
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
+#: The SDK's default attribute count limit of a log record (``LogRecordLimits``).
+LOG_ATTRIBUTE_LIMIT = 128
 
 _log = logging.getLogger("obskit.export")
 
@@ -523,9 +525,11 @@ class _Collect:
         return True
 
 
-def child_config(settings: Any, log_resource: Any) -> dict[str, Any]:
-    """What the child needs, from the service's settings and its log records' resource."""
+def child_config(settings: Any, log_resource: Any, direct: bool = False) -> dict[str, Any]:
+    """What the child needs, from the service's settings and its log records' resource;
+    ``direct``: encode with ``obskit._otlp_encode`` (``direct_otlp_encoding``)."""
     return {"endpoint": settings.otlp_endpoint, "protocol": settings.otlp_protocol,
+            "direct": direct,
             "headers": dict(settings.otlp_headers or {}), "timeout": settings.otlp_timeout,
             "service": settings.service_name,
             "log_resource": None if log_resource is None else (
@@ -533,6 +537,8 @@ def child_config(settings: Any, log_resource: Any) -> dict[str, Any]:
 
 
 def _exporters(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The SDK's OTLP exporters for ``config``; over gRPC with ``config["direct"]``, the
+    subclasses whose requests ``obskit._otlp_encode`` writes (``direct_exporters``)."""
     endpoint = config["endpoint"].rstrip("/")
     headers = config["headers"] or None
     timeout = config["timeout"]
@@ -540,15 +546,18 @@ def _exporters(config: dict[str, Any]) -> tuple[Any, Any]:
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        span_class, log_class = OTLPSpanExporter, OTLPLogExporter
+        if config.get("direct"):
+            span_class, log_class = direct_exporters(config)
         # A collector that comes back is found within seconds (gRPC's default backoff grows to
         # 120 s between connection attempts).
         options: Any = (("grpc.initial_reconnect_backoff_ms", 250),
-                   ("grpc.max_reconnect_backoff_ms", 5000))
+                        ("grpc.max_reconnect_backoff_ms", 5000))
         insecure = endpoint.startswith("http://")
-        return (OTLPSpanExporter(endpoint=endpoint, headers=headers, insecure=insecure,
-                                 timeout=timeout, channel_options=options),
-                OTLPLogExporter(endpoint=endpoint, headers=headers, insecure=insecure,
-                                timeout=timeout, channel_options=options))
+        return (span_class(endpoint=endpoint, headers=headers, insecure=insecure,
+                           timeout=timeout, channel_options=options),
+                log_class(endpoint=endpoint, headers=headers, insecure=insecure,
+                          timeout=timeout, channel_options=options))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter as HttpLogExporter,
     )
@@ -558,6 +567,70 @@ def _exporters(config: dict[str, Any]) -> tuple[Any, Any]:
 
     return (HttpSpanExporter(endpoint=f"{endpoint}/v1/traces", headers=headers, timeout=timeout),
             HttpLogExporter(endpoint=f"{endpoint}/v1/logs", headers=headers, timeout=timeout))
+
+
+class SpanTables:
+    """The child's resources and scopes: every frame's indices mapped to one table, so spans of
+    many frames go in one request (``direct_exporters``)."""
+
+    def __init__(self) -> None:
+        self.resources: list[tuple[Any, ...]] = []
+        self.scopes: list[tuple[Any, ...] | None] = []
+        self._index: dict[Any, int] = {}
+
+    def _place(self, table: list[Any], key: Any, entry: Any) -> int:
+        i = self._index.get(key)
+        if i is None:
+            i = self._index[key] = len(table)
+            table.append(entry)
+        return i
+
+    def items(self, frame: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        _, resource_table, scope_table, items = frame
+        r_map = [self._place(self.resources, ("r", marshal.dumps(r)), r)
+                 for r in resource_table]
+        s_map = [self._place(self.scopes, ("s", marshal.dumps(sc)), sc) for sc in scope_table]
+        return [(*item[:17], r_map[item[17]], s_map[item[18]]) for item in items]
+
+
+def direct_exporters(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The SDK's gRPC exporters with their request written by ``obskit._otlp_encode`` from
+    the tuples (``_translate_data``, the hook the ``stepped_otlp_*`` fast paths override too;
+    the ``direct_otlp_encoding`` fast path). Their batches are the tuples: spans as
+    ``SpanTables.items`` makes them, log records as the service sent them."""
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from obskit._otlp_encode import LogEncoder, SpanEncoder
+
+    tables = SpanTables()
+    spans = SpanEncoder()
+    log_resource = config["log_resource"] or ({}, None)
+    logs = LogEncoder(*log_resource)
+    parse_spans, parse_logs = ExportTraceServiceRequest.FromString, \
+        ExportLogsServiceRequest.FromString
+
+    class DirectSpanExporter(OTLPSpanExporter):  # type: ignore[misc]
+        tables_ = tables
+
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            # Parsing the bytes back is C code: the gRPC stub wants a message object.
+            return parse_spans(spans.request(("spans", tables.resources, tables.scopes, data)))
+
+    class DirectLogExporter(OTLPLogExporter):  # type: ignore[misc]
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            if any(r[7] is not None and len(r[7]) > LOG_ATTRIBUTE_LIMIT for r in data):
+                # the SDK drops attributes over its limit: let it, for this batch
+                from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+                return encode_logs(LogRebuilder(*log_resource).rebuild(data))
+            return parse_logs(logs.request(data))
+
+    return DirectSpanExporter, DirectLogExporter
 
 
 def _env_number(env: str, default: float) -> float:
@@ -657,7 +730,21 @@ def child_main() -> int:
         return 2
     config = first[1]
     span_exporter, log_exporter = _exporters(config)
-    logs = None if config["log_resource"] is None else LogRebuilder(*config["log_resource"])
+    if getattr(span_exporter, "tables_", None) is not None:  # direct encoding: tuples go on
+        tables = span_exporter.tables_
+
+        def span_items(frame: tuple[Any, ...]) -> list[Any]:
+            return tables.items(frame)
+
+        def log_items(items: list[Any]) -> list[Any]:
+            return items
+    else:  # the SDK's own objects, for the SDK's encoder
+        span_items = rebuild_spans
+        rebuilder = None if config["log_resource"] is None \
+            else LogRebuilder(*config["log_resource"])
+
+        def log_items(items: list[Any]) -> list[Any]:
+            return [] if rebuilder is None else rebuilder.rebuild(items)
 
     from opentelemetry.sdk._logs.export import LogRecordExportResult
     from opentelemetry.sdk.trace.export import SpanExportResult
@@ -692,9 +779,9 @@ def child_main() -> int:
         kind = message[0]
         try:
             if kind == "spans":
-                queues["spans"].add(rebuild_spans(message))
-            elif kind == "logs" and logs is not None:
-                queues["logs"].add(logs.rebuild(message[1]))
+                queues["spans"].add(span_items(message))
+            elif kind == "logs" and config["log_resource"] is not None:
+                queues["logs"].add(log_items(message[1]))
             elif kind == "flush":
                 for q in queues.values():
                     q.flush(message[1])

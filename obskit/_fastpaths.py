@@ -78,6 +78,16 @@ FAST_PATHS: tuple[FastPath, ...] = (
         _OTLP,
     ),
     FastPath(
+        "direct_otlp_encoding",
+        "the export process writes OTLP/gRPC requests' protobuf bytes from its tuples "
+        "(obskit._otlp_encode) instead of rebuilding the SDK's objects for its encoder: the "
+        "same bytes, for a fraction of the export process's CPU (docs/explanation/"
+        "export-process.md)",
+        ("opentelemetry-exporter-otlp-proto-grpc: trace_exporter.OTLPSpanExporter"
+         "._translate_data and _log_exporter.OTLPLogExporter._translate_data (overridden)",),
+        _OTLP,
+    ),
+    FastPath(
         "stepped_otlp_logs",
         "the same stepped encoding for OTLP/gRPC log export",
         ("opentelemetry-exporter-otlp-proto-grpc: _log_exporter.OTLPLogExporter._translate_data "
@@ -303,6 +313,7 @@ _PROBES: tuple[tuple[str | None, str], ...] = (
     ("log_queue_drop", "obskit._tracing:probe_fast_paths"),
     ("stepped_otlp_spans", "obskit._tracing:probe_fast_paths"),
     ("stepped_otlp_logs", "obskit._tracing:probe_fast_paths"),
+    ("direct_otlp_encoding", "obskit._tracing:probe_fast_paths"),
     ("amqp_propagation", "obskit.rabbitmq._propagation"),
     ("amqp_properties", "obskit.rabbitmq._properties"),
     ("fastapi_telemetry_layer", "obskit.integrations.fastapi:probe_fast_path"),

@@ -537,6 +537,40 @@ class HandoffLogs:
         self._link.shutdown()
 
 
+#: Attribute limits the SDK would apply to log records: with any of them set, the export
+#: process leaves encoding to the SDK (which applies them).
+_LOG_LIMIT_ENVS = ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT",
+                   "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                   "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT")
+
+
+def direct_otlp_encoding(protocol: str) -> bool:
+    """Whether the export process writes its OTLP requests itself (``direct_otlp_encoding``);
+    decides and reports it."""
+    path = "direct_otlp_encoding"
+    if not _fastpaths.enabled(path):
+        _fastpaths.report(path, False, "disabled")
+        return False
+    if protocol != "grpc":
+        _fastpaths.report(path, False, "not needed: OTLP over HTTP is encoded by the SDK")
+        return False
+    limits = [env for env in _LOG_LIMIT_ENVS if os.environ.get(env)]
+    if limits:
+        _fastpaths.report(path, False, f"{', '.join(limits)} set: the SDK applies it")
+        return False
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    missing = [c.__name__ for c in (OTLPSpanExporter, OTLPLogExporter)
+               if not _overrides_translate(c)]
+    if missing:
+        _fastpaths.report(path, False, f"{', '.join(missing)} do not encode through "
+                          "_translate_data")
+        return False
+    _fastpaths.report(path, True)
+    return True
+
+
 def export_link(settings: Settings, cat: Catalogue, log_resource: Resource | None) -> Any:
     """The service's end of the export process (``obskit._export_process``), with its counts
     going to ``cat``; ``log_resource`` None: no log records are exported."""
@@ -555,8 +589,10 @@ def export_link(settings: Settings, cat: Catalogue, log_resource: Resource | Non
     def on_dropped(kind: str, n: int) -> None:
         on_counts(kind, 0, {"queue_full": n})
 
+    direct = direct_otlp_encoding(settings.otlp_protocol)
     return _export_process.ExportLink(
-        lambda: _export_process.child_config(settings, log_resource), on_counts, on_dropped)
+        lambda: _export_process.child_config(settings, log_resource, direct), on_counts,
+        on_dropped)
 
 
 def span_processors(settings: Settings, cat: Catalogue,
@@ -722,3 +758,4 @@ def probe_fast_paths() -> None:
             processor.shutdown()
     grpc_span_exporter_class()
     grpc_log_exporter_class()
+    direct_otlp_encoding("grpc")

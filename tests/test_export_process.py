@@ -363,3 +363,75 @@ def test_spans_and_logs_arrive_through_the_export_process(protocol: str) -> None
         assert line.trace_id == got.trace_id == f"{span.get_span_context().trace_id:032x}"
         assert line.attributes["order_id"] == "o-9"
         assert handle.registry.get_sample_value("obskit_telemetry_spans_exported_total") >= 1
+
+
+# --- the export process's own encoder (obskit._otlp_encode) ----------------------------------
+
+def _frame_of(spans: list[Any]) -> tuple[Any, ...]:
+    return marshal.loads(_export_process.spans_frame(spans)[4:])
+
+
+def test_direct_span_encoding_is_byte_for_byte_the_sdks() -> None:
+    from obskit._otlp_encode import SpanEncoder
+
+    spans = _varied_spans()
+    # Two providers' spans in one batch: two resources; one equal by value to the first.
+    spans += _varied_spans()[:1]
+    encoder = SpanEncoder()
+    sdk = encode_spans(spans).SerializeToString(deterministic=True)
+    assert encoder.request(_frame_of(spans)) == sdk
+    assert encoder.request(_frame_of(spans)) == sdk  # again, from the attribute cache
+
+
+@pytest.mark.parametrize("value", ["", "x" * 300, 0, -5, 2**62, True, False, 0.0, -1.5,
+                                   b"\x00\xff", ("a", "b"), (1, 2), [True], (), {"k": "v"}])
+def test_direct_encoding_of_every_attribute_value_type(value: Any) -> None:
+    from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValueList
+
+    from obskit._otlp_encode import Attributes
+
+    sdk = KeyValueList(values=_encode_attributes({"key": value})).SerializeToString()
+    assert Attributes().encode(b"\x0a", {"key": value}) == sdk
+
+
+def test_direct_log_encoding_is_byte_for_byte_the_sdks() -> None:
+    from obskit._otlp_encode import LogEncoder
+
+    resource = Resource({"service.name": "svc", "service.instance.id": "i-1"},
+                        "https://schema/logs")
+    request = trace.NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(1)))
+    tuples: list[tuple[Any, ...]] = []
+
+    class Handoff:
+        add_log = tuples.append
+
+    export = _logging._OtlpExport(Handoff())
+    export(None, "info", {"event": "outside", "level": "info", "logger": "app", "n": 3,
+                          "ok": False, "empty": ""})
+    with trace.use_span(request):
+        export(None, "error", {"event": "", "level": "error", "logger": "app", "f": 0.5})
+    export(None, "debug", {"event": "no attributes", "level": "debug"})
+    rebuilt = _export_process.LogRebuilder(dict(resource.attributes), resource.schema_url) \
+        .rebuild(tuples)
+    sdk = encode_logs(rebuilt).SerializeToString(deterministic=True)
+    assert LogEncoder(dict(resource.attributes), resource.schema_url).request(tuples) == sdk
+
+
+def test_log_records_over_the_attribute_limit_are_left_to_the_sdk() -> None:
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+    resource = ({"service.name": "svc"}, "")
+    many = {f"k{i}": i for i in range(_export_process.LOG_ATTRIBUTE_LIMIT + 5)}
+    items = [(1, 0, 0, 0, "INFO", 9, "wide", many)]
+    _, log_class = _export_process.direct_exporters(
+        {"log_resource": resource, "endpoint": "http://127.0.0.1:1"})
+    exporter = log_class(endpoint="http://127.0.0.1:1", insecure=True)
+    try:
+        request = exporter._translate_data(items)
+    finally:
+        exporter.shutdown()
+    sdk = encode_logs(_export_process.LogRebuilder(*resource).rebuild(items))
+    assert request.SerializeToString(deterministic=True) == sdk.SerializeToString(
+        deterministic=True)
+    assert request.resource_logs[0].scope_logs[0].log_records[0].dropped_attributes_count == 5

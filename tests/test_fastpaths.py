@@ -125,15 +125,21 @@ WORKLOAD = textwrap.dedent(
 )
 
 
-def run_workload(disabled: str, tmp_path: Any) -> dict[str, Any]:
-    """Run WORKLOAD in a fresh process with ``OBSKIT_DISABLE_FAST_PATHS=disabled``."""
+#: Fast paths of the export process (obskit._export_process); the others' exporter paths
+#: (stepped encoders, queue drops) are the in-process exporters'.
+EXPORT_PATHS = ("direct_otlp_encoding",)
+EXPORT = "export:"  # a run configuration with this prefix exports through the export process
+
+
+def run_workload(config: str, tmp_path: Any) -> dict[str, Any]:
+    """Run WORKLOAD in a fresh process with ``OBSKIT_DISABLE_FAST_PATHS`` = ``config`` (after
+    the ``EXPORT`` prefix, which selects the export process)."""
+    disabled = config.removeprefix(EXPORT)
     out = tmp_path / f"out-{uuid.uuid4().hex[:8]}.json"
     with OtlpReceiver("grpc") as receiver:
         env = {**os.environ, **receiver.env(), "OBSKIT_DISABLE_FAST_PATHS": disabled,
                "FP_OUT": str(out), "FP_AMQP": AMQP,
-               # The stepped encoders and the queue-drop paths are the in-process exporters'
-               # (tests/test_export_process.py covers the export process).
-               "OBSKIT_EXPORT_PROCESS": "0",
+               "OBSKIT_EXPORT_PROCESS": "1" if config.startswith(EXPORT) else "0",
                "FP_QUEUE": f"obskit-fastpaths-{uuid.uuid4().hex[:10]}",
                "OBSKIT_RABBITMQ_URL": AMQP, "OTEL_BSP_SCHEDULE_DELAY": "60000",
                "OTEL_BLRP_SCHEDULE_DELAY": "60000"}
@@ -202,14 +208,16 @@ def telemetry(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # A path used only where another path is off: compared with that other path off in both runs.
-BASELINES = {"span_attributes_direct": ("lean_spans", "lean_spans,span_attributes_direct")}
+BASELINES = {"span_attributes_direct": ("lean_spans", "lean_spans,span_attributes_direct"),
+             **{name: (EXPORT, EXPORT + name) for name in EXPORT_PATHS}}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """The workload with nothing disabled, each path disabled alone, and the cases below."""
     tmp = tmp_path_factory.mktemp("fastpaths")
-    configs = ["", "all", *NAMES, *(c for pair in BASELINES.values() for c in pair)]
+    configs = ["", "all", *(n for n in NAMES if n not in EXPORT_PATHS),
+               *(c for pair in BASELINES.values() for c in pair)]
     configs = list(dict.fromkeys(configs))
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(zip(configs, pool.map(lambda c: run_workload(c, tmp), configs),
@@ -225,7 +233,8 @@ def _all_active(status: dict[str, list[Any]]) -> dict[str, tuple[Any, ...]]:
 
 
 def test_every_fast_path_is_active_on_the_installed_versions(runs):
-    assert _all_active(runs[""]["status"]) == {name: (True, "") for name in NAMES}
+    status = {**runs[""]["status"], **{n: runs[EXPORT]["status"][n] for n in EXPORT_PATHS}}
+    assert _all_active(status) == {name: (True, "") for name in NAMES}
 
 
 def test_probe_decides_every_fast_path_in_a_fresh_process():
@@ -248,7 +257,8 @@ def test_forced_fallback_gives_the_same_telemetry(runs, name):
 
 
 def test_all_fast_paths_off_gives_the_same_telemetry(runs):
-    assert all(v == [False, "disabled"] for v in runs["all"]["status"].values())
+    assert all(v == [False, "disabled"] for k, v in runs["all"]["status"].items()
+               if k not in EXPORT_PATHS)  # in-process: the export process's are not decided
     expected, got = telemetry(runs[""]), telemetry(runs["all"])
     for part in expected:
         assert got[part] == expected[part], part
