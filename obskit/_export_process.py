@@ -609,7 +609,7 @@ def direct_exporters(config: dict[str, Any]) -> tuple[Any, Any]:
 
     tables = SpanTables()
     spans = SpanEncoder()
-    log_resource = config["log_resource"] or ({}, None)
+    log_resource: tuple[Any, Any] = config["log_resource"] or ({}, None)
     logs = LogEncoder(*log_resource)
     parse_spans, parse_logs = ExportTraceServiceRequest.FromString, \
         ExportLogsServiceRequest.FromString
