@@ -2,7 +2,8 @@
 
 ``obskit bundle render --out DIR [--set KEY=VALUE ...]`` writes the compose file, the collector,
 Prometheus, Alertmanager, Tempo, Loki and Grafana configuration, the order-flow dashboards and the
-alerting rules; ``obskit bundle push`` sends the dashboards to an existing Grafana. Needs
+alerting rules; with ``--target kubernetes``, the manifests and chart values of deploy/kubernetes/
+(``_kubernetes.py``). ``obskit bundle push`` sends the dashboards to an existing Grafana. Needs
 ``obskit[bundle]``.
 """
 

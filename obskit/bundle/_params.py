@@ -158,6 +158,25 @@ class Params:
         [*DEFAULT_SCRUB_KEYS, "email", "customer_email"],
         "Attribute key words whose values the collector masks: obskit's own scrub list, a "
         "second line for telemetry that did not pass through obskit.")
+    # --- Kubernetes (`render --target kubernetes`: deploy/kubernetes/) ----------------------
+    k8s_namespace: str = _p("orderflow", "Namespace of orderflow and of its RabbitMQ, "
+                            "PostgreSQL and Redis.")
+    k8s_observability_namespace: str = _p("observability", "Namespace of the collector, Tempo, "
+                                          "Loki, Prometheus, Alertmanager and Grafana.")
+    orderflow_image: str = _p("registry.example.com/orderflow:0.1.0", "orderflow's container "
+                              "image, an exact tag (deploy/orderflow.Dockerfile builds it).")
+    ingress_min_replicas: int = _p(2, "Ingress pods at least (HorizontalPodAutoscaler on CPU).")
+    ingress_max_replicas: int = _p(10, "Ingress pods at most.")
+    mes_min_replicas: int = _p(2, "MES pods at least (KEDA on queue depth).")
+    mes_max_replicas: int = _p(40, "MES pods at most; each holds database connections "
+                               "(docs/explanation/capacity-model.md).")
+    mes_concurrency: int = _p(8, "Orders in progress per order queue per MES pod "
+                              "(`orderflow mes --concurrency`).")
+    mes_queue_targets: list[str] = _p(
+        ["orders.b2c=6", "orders.b2b=4"], "KEDA's target per MES pod for each order queue, "
+        "`queue=messages` (ready + unacknowledged); derived in "
+        "docs/explanation/capacity-model.md by deploy/capacity.py.")
+    keda_polling_interval: int = _p(15, "Seconds between KEDA's reads of the queue depths.")
 
     def __post_init__(self) -> None:
         # Mistakes that would render valid YAML with a silently wrong meaning fail here.
@@ -177,6 +196,30 @@ class Params:
                 raise ValueError("it is zero")
         except ValueError as exc:
             raise ParamError(f"scrape_interval={self.scrape_interval!r}: {exc}") from None
+        targets = self.queue_targets()
+        missing = [q for q in self.order_queues if q not in targets]
+        if missing:
+            raise ParamError(f"mes_queue_targets={','.join(self.mes_queue_targets)}: no target "
+                             f"for {', '.join(missing)}; expected one `queue=messages` per "
+                             "order queue")
+        if not 0 < self.mes_min_replicas <= self.mes_max_replicas:
+            raise ParamError(f"mes_min_replicas={self.mes_min_replicas}, mes_max_replicas="
+                             f"{self.mes_max_replicas}: expected 0 < min <= max")
+        if not 0 < self.ingress_min_replicas <= self.ingress_max_replicas:
+            raise ParamError(f"ingress_min_replicas={self.ingress_min_replicas}, "
+                             f"ingress_max_replicas={self.ingress_max_replicas}: expected "
+                             "0 < min <= max")
+
+    def queue_targets(self) -> dict[str, int]:
+        """``mes_queue_targets`` as queue -> messages per MES pod."""
+        out: dict[str, int] = {}
+        for item in self.mes_queue_targets:
+            queue, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit() or int(value) < 1:
+                raise ParamError(f"mes_queue_targets: {item!r}: expected queue=messages, "
+                                 "e.g. orders.b2c=120")
+            out[queue.strip()] = int(value)
+        return out
 
     def target_list(self) -> list[Target]:
         return [Target.parse(t) for t in self.targets]

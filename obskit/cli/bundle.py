@@ -1,7 +1,8 @@
 """``obskit bundle``: the observability platform for your own services.
 
 ``render`` writes it (compose, collector, Prometheus, Alertmanager, Tempo, Loki, Grafana,
-dashboards) from one set of parameters, ``params`` lists them, ``push`` sends the dashboards to a
+dashboards; or, with ``--target kubernetes``, manifests and chart values) from one set of
+parameters, ``params`` lists them, ``push`` sends the dashboards to a
 Grafana.
 """
 
@@ -27,6 +28,9 @@ def register(sub: Any) -> None:
     r.add_argument("--out", required=True, type=Path, help="directory (created if missing)")
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the "
                    "files that differ from what would be written")
+    r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
+                   help="compose: the docker compose bundle (default); kubernetes: manifests "
+                   "and chart values (checked in under deploy/kubernetes)")
     with_set(r)
     r.set_defaults(func=run_render)
 
@@ -61,7 +65,7 @@ def run_render(args: argparse.Namespace) -> int:
     if params is None:
         return 2
     try:
-        files = render_files(params)
+        files = render_files(params, args.target)
     except ImportError as exc:  # the extra is missing: name the fix, not a traceback
         print(f"obskit bundle: {exc}. Install it with: pip install 'obskit[bundle]'",
               file=sys.stderr)
@@ -79,9 +83,14 @@ def run_render(args: argparse.Namespace) -> int:
         return 1 if differ else 0
     from obskit.bundle import render
 
-    render(args.out, params)
+    render(args.out, params, args.target)
     for rel in sorted(files):
         print(("wrote     " if rel in differ else "unchanged ") + str(args.out / rel))
+    if args.target == "kubernetes":
+        print(f"\n{len(differ)} written, {len(files) - len(differ)} unchanged. Install the "
+              "operators and charts first (docs/how-to/deploy-on-kubernetes.md), then:\n"
+              f"  kubectl apply --server-side -k {args.out}", file=sys.stderr)
+        return 0
     print(f"\n{len(differ)} written, {len(files) - len(differ)} unchanged. Start it with:\n"
           f"  export GRAFANA_ADMIN_PASSWORD=choose-a-password\n"
           f"  docker compose -f {args.out / 'docker-compose.observability.yml'} up -d\n"
