@@ -59,6 +59,7 @@ Needs ``valgrind`` (Debian package); ~1 minute per variant, two at a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -67,7 +68,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
@@ -414,6 +415,8 @@ def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str
     import tempfile
 
     name, env = _variant_env(variant, before)
+    if SINK is not None:
+        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1]}
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         proc = subprocess.Popen(
@@ -445,7 +448,8 @@ def run_callgrind(args: argparse.Namespace, server: str) -> None:
     variants = [v for v in args.variants.split(",") if v]
     if args.before:
         variants += [BEFORE + v for v in variants if v.startswith("obskit")]
-    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+    with _live_sink(variants), \
+            ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
         futures = {v: pool.submit(callgrind, v, args.callgrind, server, args.before)
                    for v in variants}
         results = {v: f.result() for v, f in futures.items()}
@@ -521,27 +525,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_server(args: argparse.Namespace, server: str) -> None:
-    global SINK
     variants = [v for v in args.variants.split(",") if v]
     if args.before:
         if not os.path.isdir(os.path.join(args.before, "obskit")):
             raise SystemExit(f"--before {args.before}: no obskit package in that directory")
         variants += [BEFORE + v for v in variants if v.startswith("obskit")]
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    sink = None
-    if any(v.split(":")[-1] in LIVE_VARIANTS for v in variants):
-        sink_port = _free_port()
-        sink = subprocess.Popen([sys.executable, os.path.abspath(__file__),
-                                 "--otlp-sink", str(sink_port)])
+    with _live_sink(variants):
+        _rounds(args, server, variants, results)
+    _report(args, server, variants, results)
+
+
+@contextlib.contextmanager
+def _live_sink(variants: list[str]) -> Iterator[None]:
+    """The discarding OTLP endpoint (``SINK``) while ``variants`` has a live one."""
+    global SINK
+    if not any(v.split(":")[-1] in LIVE_VARIANTS for v in variants):
+        yield
+        return
+    sink_port = _free_port()
+    sink = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                             "--otlp-sink", str(sink_port)])
+    try:
         _wait_port(sink_port)
         SINK = (sink.pid, f"http://127.0.0.1:{sink_port}")
-    try:
-        _rounds(args, server, variants, results)
+        yield
     finally:
-        if sink is not None:
-            _stop(sink, 5)
-            SINK = None
-    _report(args, server, variants, results)
+        _stop(sink, 5)
+        SINK = None
 
 
 def _rounds(args: argparse.Namespace, server: str, variants: list[str],

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct("<I")
@@ -117,8 +117,32 @@ def spans_frame(spans: Sequence[Any]) -> bytes:
 
 
 def _frame(payload: tuple[Any, ...]) -> bytes:
-    body = marshal.dumps(payload)
+    try:
+        body = marshal.dumps(payload)
+    except ValueError:  # a subclass somewhere (an IntEnum attribute, a str subclass)
+        body = marshal.dumps(_plain(payload))
     return _HEADER.pack(len(body)) + body
+
+
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with what marshal refuses made plain, as the OTLP encoder sees it: subclasses
+    of int, float, str and bytes as their base type; other mappings and sequences as dicts and
+    tuples; anything else as its ``str()``."""
+    if type(value) in _PLAIN:
+        return value
+    for base in (bool, int, float, str, bytes):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Sequence):
+        return tuple(_plain(v) for v in value)
+    return str(value)
 
 
 class ExportLink:

@@ -40,9 +40,14 @@ class _OtlpExport:
 
     def __init__(self, logger_provider: Any) -> None:
         self._add = getattr(logger_provider, "add_log", None)
+        self.takes_ids = self._add is not None
         self._logger = None if self._add is not None else logger_provider.get_logger("obskit")
 
-    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+    def __call__(self, logger: Any, method_name: str, event_dict: Any,
+                 ids: tuple[int, int, int] | None = None) -> Any:
+        """``ids``: the record's (trace id, span id, trace flags), when the caller has them
+        (the access line, made after its request): used instead of the current span's by the
+        export process's records; the SDK's need the context attached."""
         try:
             level = str(event_dict.get("level", "info"))
             attributes = {
@@ -55,10 +60,11 @@ class _OtlpExport:
             add = self._add
             if add is not None:
                 # What the SDK's LogRecord reads: the current span's ids, observed now.
-                sc = _get_current_span().get_span_context()
-                add((time.time_ns(), sc.trace_id, sc.span_id, int(sc.trace_flags),
-                     level.upper(), _SEVERITY.get(level, 9), str(event_dict.get("event", "")),
-                     attributes or None))
+                if ids is None:
+                    sc = _get_current_span().get_span_context()
+                    ids = (sc.trace_id, sc.span_id, int(sc.trace_flags))
+                add((time.time_ns(), *ids, level.upper(), _SEVERITY.get(level, 9),
+                     str(event_dict.get("event", "")), attributes or None))
                 return event_dict
             from opentelemetry._logs import LogRecord, SeverityNumber
 
@@ -221,15 +227,18 @@ def add_timestamp(logger: Any, method_name: str, event_dict: Any) -> Any:
 
 # The fast path for lines obskit writes itself with known-safe fields (the access log): no
 # structlog dispatch, no scrubbing of obskit's own values. Set by configure().
-_fast_render: Callable[[str, str, dict[str, Any], float | None], str | None] | None = None
+_fast_render: Callable[[str, str, dict[str, Any], float | None, tuple[int, int, int] | None],
+                       str | None] | None = None
 _writer: _Writer | None = None
 # Whether rendered lines are also exported as OTel log records: they read the current OTel
-# context for their trace ids, so deferred work must attach the request's (read per record).
+# context for their trace ids, so deferred work must attach the request's (read per record)...
 exporting = False
+# ...or, with the export process, hand them to ``render`` (``ids``).
+export_takes_ids = False
 
 
 def render(logger_name: str, level: str, line: dict[str, Any],
-           at: float | None = None) -> str | None:
+           at: float | None = None, ids: tuple[int, int, int] | None = None) -> str | None:
     """Render one line that obskit composed itself (the access log) through the pipeline's tail.
 
     ``line`` starts with its ``"event"`` key (the message) and must already hold the context the
@@ -240,7 +249,7 @@ def render(logger_name: str, level: str, line: dict[str, Any],
     level is switched off or obskit's logging is not configured.
     """
     fast = _fast_render
-    return None if fast is None else fast(logger_name, level, line, at)
+    return None if fast is None else fast(logger_name, level, line, at, ids)
 
 
 _stdlib_handler: logging.Handler | None = None
@@ -278,7 +287,7 @@ def configure(settings: Settings, logger_provider: Any | None,
         export = _OtlpExport(logger_provider)
         shared.append(export)
 
-    global _writer, _fast_render, exporting
+    global _writer, _fast_render, exporting, export_takes_ids
     if _writer is not None:
         _writer.close()
     writer = _writer = _Writer(stream)
@@ -290,7 +299,7 @@ def configure(settings: Settings, logger_provider: Any | None,
     enabled = frozenset(name.lower() for name, no in _LEVELS.items() if no >= level)
 
     def fast_render(logger_name: str, method: str, event_dict: dict[str, Any],
-                    at: float | None) -> str | None:
+                    at: float | None, ids: tuple[int, int, int] | None = None) -> str | None:
         # The access line of every request: the caller's dict, no processor dispatch.
         if method not in enabled:
             return None
@@ -299,11 +308,12 @@ def configure(settings: Settings, logger_provider: Any | None,
         event_dict["timestamp"] = timestamp(at)
         event_dict["service"] = service
         if export is not None:
-            export(None, method, event_dict)
+            export(None, method, event_dict, ids)
         return renderer(None, method, event_dict)  # type: ignore[no-any-return]
 
     _fast_render = fast_render
     exporting = export is not None
+    export_takes_ids = export is not None and export.takes_ids
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -425,9 +435,9 @@ def _remove_otel_handlers(root: logging.Logger) -> None:
 
 
 def reset() -> None:
-    global _stdlib_handler, _fast_render, _writer, exporting
+    global _stdlib_handler, _fast_render, _writer, exporting, export_takes_ids
     _fast_render = None
-    exporting = False
+    exporting = export_takes_ids = False
     if _writer is not None:
         _writer.close()
         _writer = None

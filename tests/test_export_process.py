@@ -435,3 +435,58 @@ def test_log_records_over_the_attribute_limit_are_left_to_the_sdk() -> None:
     assert request.SerializeToString(deterministic=True) == sdk.SerializeToString(
         deterministic=True)
     assert request.resource_logs[0].scope_logs[0].log_records[0].dropped_attributes_count == 5
+
+
+def test_values_marshal_refuses_are_sent_as_the_encoder_sees_them() -> None:
+    import http
+
+    from obskit._otlp_encode import LogEncoder, SpanEncoder
+
+    keep = _Keep()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    with provider.get_tracer("t").start_as_current_span(
+            "s", attributes={"status": http.HTTPStatus.OK, "seq": [1, 2]}):
+        pass
+    sdk = encode_spans(keep.spans).SerializeToString(deterministic=True)
+    assert SpanEncoder().request(_frame_of(keep.spans)) == sdk
+    assert encode_spans(_through_the_pipe(keep.spans)).SerializeToString(deterministic=True) \
+        == sdk
+
+    tuples: list[tuple[Any, ...]] = []
+
+    class Handoff:
+        add_log = tuples.append
+
+    _logging._OtlpExport(Handoff())(None, "info", {"event": "e", "code": http.HTTPStatus.OK})
+    frame = marshal.loads(_export_process._frame(("logs", tuples))[4:])
+    assert frame[1][0][7] == {"code": 200}
+    assert LogEncoder({}, None).request(frame[1])
+
+
+@pytest.mark.parametrize("export_process", [True, False])
+async def test_the_access_line_record_carries_its_requests_trace(export_process: bool) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    import obskit
+
+    with OtlpReceiver("grpc") as receiver:
+        handle = obskit.init("access", otlp_endpoint=receiver.endpoint,
+                             export_process=export_process,
+                             log_stream=open(os.devnull, "w"))  # noqa: SIM115
+        app = FastAPI()
+
+        @app.get("/items/{item_id}")
+        async def item(item_id: str) -> dict[str, str]:
+            return {"item_id": item_id}
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://shop.test") as client:
+            assert (await client.get("/items/7")).status_code == 200
+        handle.force_flush(10)
+        (span,) = receiver.wait_for_spans(lambda s: any(x.kind == "SERVER" for x in s))
+        logs = receiver.wait_for_logs(lambda s: any(x.body == "GET /items/7 200" for x in s))
+    line = next(x for x in logs if x.body == "GET /items/7 200")  # not httpx's own line
+    assert (line.trace_id, line.span_id) == (span.trace_id, span.span_id)
+    assert line.attributes["route"] == "/items/{item_id}"

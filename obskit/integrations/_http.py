@@ -183,6 +183,9 @@ class FinishedRequest:
         level = "error" if status >= 500 else "info"
         if trace_id is None or not _logging.exporting:
             return _logging.render(ACCESS_LOGGER, level, fields, self.at)
+        if _logging.export_takes_ids:  # the export process: the ids as they are
+            return _logging.render(ACCESS_LOGGER, level, fields, self.at,
+                                   (trace_int, self.span_id, int(self.trace_flags)))
         # The OTLP log record takes its trace ids from the current context: the request's.
         sc = _SpanContext(trace_int, self.span_id, False, _TraceFlags(self.trace_flags))
         token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
