@@ -133,6 +133,7 @@ def _plain(value: Any) -> Any:
     tuples; anything else as its ``str()``."""
     if type(value) in _PLAIN:
         return value
+    base: Any
     for base in (bool, int, float, str, bytes):
         if isinstance(value, base):
             return base(value)
