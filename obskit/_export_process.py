@@ -188,8 +188,8 @@ class ExportLink:
             self._wake.set()
 
     def add_log(self, record: tuple[Any, ...]) -> None:
-        """``record``: (observed ns, trace id, span id, trace flags, severity text, severity
-        number, body, attributes)."""
+        """``record``: (observed ns, trace id, span id, trace flags, the line's fields)
+        (``log_record`` makes the record's values in the export process)."""
         q = self.logs
         if len(q) >= MAX_QUEUE:
             self._on_dropped("logs", 1)
@@ -494,6 +494,18 @@ def _span_classes() -> tuple[Any, Any, Any]:
     return RebuiltSpan, RebuiltEvent, RebuiltLink
 
 
+def log_record(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A log line as the service sent it — (observed ns, trace id, span id, trace flags, the
+    line's fields) — as the record's values: (observed, trace id, span id, flags, severity
+    text, severity number, body, attributes or None), by the service's own rule
+    (``obskit._logging.record_fields``)."""
+    from obskit._logging import record_fields
+
+    observed, trace_id, span_id, flags, fields = item
+    text, number, body, attributes = record_fields(fields)
+    return (observed, trace_id, span_id, flags, text, number, body, attributes or None)
+
+
 class LogRebuilder:
     """Log records of ``("logs", ...)`` frames as the SDK's ``Logger.emit`` makes them, with
     the service's resource and the ``obskit`` scope."""
@@ -762,14 +774,15 @@ def child_main() -> int:
             return tables.items(frame)
 
         def log_items(items: list[Any]) -> list[Any]:
-            return items
+            return [log_record(item) for item in items]
     else:  # the SDK's own objects, for the SDK's encoder
         span_items = rebuild_spans
         rebuilder = None if config["log_resource"] is None \
             else LogRebuilder(*config["log_resource"])
 
         def log_items(items: list[Any]) -> list[Any]:
-            return [] if rebuilder is None else rebuilder.rebuild(items)
+            return [] if rebuilder is None else rebuilder.rebuild(
+                [log_record(item) for item in items])
 
     from opentelemetry.sdk._logs.export import LogRecordExportResult
     from opentelemetry.sdk.trace.export import SpanExportResult

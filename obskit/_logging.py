@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -31,11 +31,25 @@ _SEVERITY = {"debug": 5, "info": 9, "warning": 13, "error": 17, "critical": 21}
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
+_NOT_ATTRIBUTES = frozenset(("event", "level", "timestamp", "trace_id", "span_id"))
+
+
+def record_fields(event_dict: Mapping[str, Any]) -> tuple[str, int, str, dict[str, Any]]:
+    """What a log line's OTel log record holds: (severity text, severity number, body,
+    attributes). Values other than str, bool, int and float become their ``str()``."""
+    level = str(event_dict.get("level", "info"))
+    attributes = {k: (v if isinstance(v, (str, bool, int, float)) else str(v))
+                  for k, v in event_dict.items() if k not in _NOT_ATTRIBUTES and v is not None}
+    return (level.upper(), _SEVERITY.get(level, 9), str(event_dict.get("event", "")),
+            attributes)
+
+
 class _OtlpExport:
     """Processor that emits the event as an OTel log record (body = event, rest = attributes).
 
-    With the export process (``logger_provider`` has ``add_log``), the record goes there as a
-    tuple of what the SDK's ``LogRecord`` would hold; the child makes that ``LogRecord``.
+    With the export process (``logger_provider`` has ``add_log``), the line goes there as it is,
+    with the ids and time the SDK's ``LogRecord`` would read; the export process makes the
+    record (``record_fields``, the same function as here).
     """
 
     def __init__(self, logger_provider: Any) -> None:
@@ -49,12 +63,6 @@ class _OtlpExport:
         (the access line, made after its request): used instead of the current span's by the
         export process's records; the SDK's need the context attached."""
         try:
-            level = str(event_dict.get("level", "info"))
-            attributes = {
-                k: (v if isinstance(v, str | bool | int | float) else str(v))
-                for k, v in event_dict.items()
-                if k not in ("event", "level", "timestamp", "trace_id", "span_id") and v is not None
-            }
             if str(event_dict.get("logger", "")).startswith("opentelemetry"):
                 return event_dict  # exporter trouble is not exported through the exporter
             add = self._add
@@ -63,17 +71,17 @@ class _OtlpExport:
                 if ids is None:
                     sc = _get_current_span().get_span_context()
                     ids = (sc.trace_id, sc.span_id, int(sc.trace_flags))
-                add((time.time_ns(), *ids, level.upper(), _SEVERITY.get(level, 9),
-                     str(event_dict.get("event", "")), attributes or None))
+                add((time.time_ns(), *ids, dict(event_dict)))  # the renderer may change it
                 return event_dict
             from opentelemetry._logs import LogRecord, SeverityNumber
 
+            text, number, body, attributes = record_fields(event_dict)
             self._logger.emit(  # type: ignore[union-attr]
                 LogRecord(
                     context=None,  # current context: carries the active span
-                    severity_text=level.upper(),
-                    severity_number=SeverityNumber(_SEVERITY.get(level, 9)),
-                    body=str(event_dict.get("event", "")),
+                    severity_text=text,
+                    severity_number=SeverityNumber(number),
+                    body=body,
                     attributes=attributes,
                 )
             )

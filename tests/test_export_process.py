@@ -112,7 +112,7 @@ def _logs_both_ways(emit: Any) -> tuple[bytes, bytes]:
     emit(_logging._OtlpExport(provider))
     emit(_logging._OtlpExport(Handoff()))
     rebuilt = _export_process.LogRebuilder(dict(resource.attributes), resource.schema_url) \
-        .rebuild([(0, *t[1:]) for t in tuples])
+        .rebuild([_export_process.log_record((0, *t[1:])) for t in tuples])
     for r in sdk_records:
         r.log_record.observed_timestamp = 0
     return (encode_logs(sdk_records).SerializeToString(deterministic=True),
@@ -412,10 +412,11 @@ def test_direct_log_encoding_is_byte_for_byte_the_sdks() -> None:
     with trace.use_span(request):
         export(None, "error", {"event": "", "level": "error", "logger": "app", "f": 0.5})
     export(None, "debug", {"event": "no attributes", "level": "debug"})
+    records = [_export_process.log_record(t) for t in tuples]
     rebuilt = _export_process.LogRebuilder(dict(resource.attributes), resource.schema_url) \
-        .rebuild(tuples)
+        .rebuild(records)
     sdk = encode_logs(rebuilt).SerializeToString(deterministic=True)
-    assert LogEncoder(dict(resource.attributes), resource.schema_url).request(tuples) == sdk
+    assert LogEncoder(dict(resource.attributes), resource.schema_url).request(records) == sdk
 
 
 def test_log_records_over_the_attribute_limit_are_left_to_the_sdk() -> None:
@@ -460,8 +461,9 @@ def test_values_marshal_refuses_are_sent_as_the_encoder_sees_them() -> None:
 
     _logging._OtlpExport(Handoff())(None, "info", {"event": "e", "code": http.HTTPStatus.OK})
     frame = marshal.loads(_export_process._frame(("logs", tuples))[4:])
-    assert frame[1][0][7] == {"code": 200}
-    assert LogEncoder({}, None).request(frame[1])
+    record = _export_process.log_record(frame[1][0])
+    assert record[7] == {"code": 200}
+    assert LogEncoder({}, None).request([record])
 
 
 @pytest.mark.parametrize("export_process", [True, False])
