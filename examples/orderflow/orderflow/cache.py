@@ -24,6 +24,11 @@ reader of a view waits for its reload (read-your-writes) and the others get the 
 (``X-Cache: stale``) if it was loaded at most ``max_stale`` seconds ago; a change made elsewhere is
 seen by a poller, reloaded under the new generation and switched in with it, so no reader waits.
 
+A hit on this process's copy needs nothing asynchronous, so ``peek()`` answers it without an
+``await``: the dashboard routes serve such hits before FastAPI's endpoint handling (its query
+validation, Request and Response objects cost more than the rest of a hit). Each entry carries
+its ``etag``, computed once when the body was loaded, not per request.
+
 Redis down means slower, not broken: a hot-view lookup that cannot reach Redis loads from the DB
 and is counted as ``cache_requests_total{result="error"}``. After a failure Redis is skipped for
 ``retry_after`` seconds (no timeout per request while it is down), and the first successful call
@@ -34,8 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cashews import Cache
@@ -60,8 +66,16 @@ _VERSION = "v2"
 LOCAL_ENTRIES = 256
 
 
+def etag_of(body: bytes) -> str:
+    """The weak HTTP validator of a stored body: it changes with every load, because each body
+    carries the time it was generated."""
+    return f'W/"{zlib.crc32(body):08x}{len(body):x}"'
+
+
 @dataclass(slots=True)
-class _Entry:
+class Entry:
+    """A stored response body and what comes with it."""
+
     body: bytes
     loaded_at: float  # time.time() when the database was read; travels with the body in Redis
     gen: int  # the generation it was loaded under (hot views), -1 for lists
@@ -71,6 +85,11 @@ class _Entry:
     key: str = ""
     loader: Loader | None = None
     read_at: float = 0.0
+    # Once per load, not per request: a hit sends it as it is (see ``peek``).
+    etag: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.etag = etag_of(self.body)
 
 
 class DashboardCache:
@@ -102,7 +121,7 @@ class DashboardCache:
         self._down_until = 0.0
         self._was_down = False
         self._last_warning = 0.0
-        self._local: dict[str, _Entry] = {}
+        self._local: dict[str, Entry] = {}
         self._inflight: dict[str, asyncio.Future[tuple[bytes, Result]]] = {}
         self._gen = 0
         self._gen_at = -1e9  # monotonic start of the lookup that gave ``_gen``
@@ -125,14 +144,16 @@ class DashboardCache:
         """
         if not self.enabled:
             return await loader(), "bypass"
+        hit = self.peek(name, key, hot=hot)
+        if hit is not None:
+            return hit.body, "hit"
+        # Not a hit on this process's copy: the generation may be due from Redis, a copy may be
+        # reloading, Redis or the database may be read.
         requests = catalogue().cache_requests
         local_key = f"{'hot' if hot else 'list'}:{key}"
         entry = self._local.get(local_key)
         now = time.time()
         if not hot:
-            if entry is not None and now < entry.loaded_at + self.list_ttl:
-                requests.labels(name, "hit").inc()
-                return entry.body, "hit"
             return await self._fill(name, f"{self.prefix}:{_VERSION}:list:{key}", local_key,
                                     -1, loader, self.list_ttl)
         self._last_hot_read = mono = time.monotonic()
@@ -144,7 +165,7 @@ class DashboardCache:
             requests.labels(name, "error").inc()
             return await loader(), "error"
         if entry is not None and entry.gen == gen and now < entry.loaded_at + self.hot_ttl:
-            entry.read_at = mono
+            entry.read_at = mono  # the generation was due and had not moved
             requests.labels(name, "hit").inc()
             return entry.body, "hit"
         full_key = self._hot_key(gen, key)
@@ -158,6 +179,32 @@ class DashboardCache:
                 requests.labels(name, "stale").inc()
                 return entry.body, "stale"
         return await self._fill(name, full_key, local_key, gen, loader, self.hot_ttl, key)
+
+    def peek(self, name: str, key: str, *, hot: bool) -> Entry | None:
+        """The entry ``get_or_load`` would answer as a ``"hit"`` from this process's copy right
+        now, counted as one, else None (and nothing counted: ask ``get_or_load``).
+
+        Synchronous: no I/O, no await. A hot view is a hit only while the generation is known
+        without asking Redis (``generation_poll``, or the poller running).
+        """
+        if not self.enabled:
+            return None
+        entry = self._local.get(f"{'hot' if hot else 'list'}:{key}")
+        if entry is None:
+            return None
+        now = time.time()
+        if not hot:
+            if now >= entry.loaded_at + self.list_ttl:
+                return None
+        else:
+            mono = time.monotonic()
+            if (entry.gen != self._known_generation(mono)
+                    or now >= entry.loaded_at + self.hot_ttl):
+                return None
+            self._last_hot_read = entry.read_at = mono
+            self._ensure_poller()
+        catalogue().cache_requests.labels(name, "hit").inc()
+        return entry
 
     async def invalidate(self, trigger: str) -> None:
         """Drop every hot view (counts, newest orders) in all processes. Never raises.
@@ -223,15 +270,22 @@ class DashboardCache:
         While the poller runs readers never ask: it keeps ``_gen_at`` fresh (a grace of a few
         poll intervals covers its round trips).
         """
-        age = time.monotonic() - self._gen_at
-        if age < self.generation_poll or (
-                age < 3 * self.generation_poll + 0.25
-                and self._poller is not None and not self._poller.done()):
-            return self._gen
+        gen = self._known_generation(time.monotonic())
+        if gen is not None:
+            return gen
         if self._gen_task is None:  # one lookup for all the readers that arrive meanwhile
             self._gen_task = asyncio.ensure_future(self._fetch_generation())
             self._gen_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(self._gen_task)
+
+    def _known_generation(self, now: float) -> int | None:
+        """The generation if it needs no lookup now (``now``: monotonic), else None."""
+        age = now - self._gen_at
+        if age < self.generation_poll or (
+                age < 3 * self.generation_poll + 0.25
+                and self._poller is not None and not self._poller.done()):
+            return self._gen
+        return None
 
     async def _fetch_generation(self) -> int:
         incrs, asked_at, started = self._incrs, time.monotonic(), time.perf_counter()
@@ -263,7 +317,7 @@ class DashboardCache:
 
     async def _load(self, name: str, full_key: str, gen: int, loader: Loader, ttl: float,
                     key: str, fut: asyncio.Future[tuple[bytes, Result]] | None = None
-                    ) -> tuple[_Entry, Result]:
+                    ) -> tuple[Entry, Result]:
         """Redis, else the database, as the one in-flight load of ``full_key``.
 
         ``fut``: the future already registered for ``full_key`` (a reload started ahead);
@@ -288,7 +342,7 @@ class DashboardCache:
             entry.read_at = time.monotonic()
         return entry, result
 
-    def _store(self, local_key: str, entry: _Entry) -> None:
+    def _store(self, local_key: str, entry: Entry) -> None:
         self._local.pop(local_key, None)
         if len(self._local) >= LOCAL_ENTRIES:
             del self._local[next(iter(self._local))]  # the oldest
@@ -330,9 +384,9 @@ class DashboardCache:
             starts.append((local_key, task))
         return starts
 
-    async def _reload(self, local_key: str, old: _Entry, full_key: str, gen: int,
+    async def _reload(self, local_key: str, old: Entry, full_key: str, gen: int,
                       fut: asyncio.Future[tuple[bytes, Result]], store: bool
-                      ) -> tuple[_Entry, Result]:
+                      ) -> tuple[Entry, Result]:
         assert old.loader is not None
         entry, result = await self._load(old.name, full_key, gen, old.loader, self.hot_ttl,
                                          old.key, fut)
@@ -386,7 +440,7 @@ class DashboardCache:
         self._gen_at = asked_at
 
     async def _redis_or_load(self, full_key: str, gen: int, loader: Loader,
-                             ttl: float) -> tuple[_Entry, Result]:
+                             ttl: float) -> tuple[Entry, Result]:
         started = time.perf_counter()
         raw: bytes | None = None
         reachable = True
@@ -405,9 +459,9 @@ class DashboardCache:
             except ValueError:  # not ours: reload and overwrite
                 loaded_at = 0.0
             if time.time() < loaded_at + ttl:
-                return _Entry(body, loaded_at, gen), "hit"
+                return Entry(body, loaded_at, gen), "hit"
         loaded_at = time.time()  # before the query: the TTL never outlives the data's age
-        entry = _Entry(await loader(), loaded_at, gen)
+        entry = Entry(await loader(), loaded_at, gen)
         if not reachable:
             return entry, "error"
         started = time.perf_counter()

@@ -517,3 +517,149 @@ async def test_a_dashboard_that_holds_the_body_gets_304_until_it_changes(
     changed = await client.get("/api/v1/dashboard/summary", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.json()["total"] == 2
     assert changed.headers["etag"] != etag
+
+
+# --- hits answered before FastAPI (dashboard._CachedRoute) -----------------------------------
+URLS = ("/api/v1/dashboard/summary", "/api/v1/dashboard/orders?status=printing&limit=50",
+        "/api/v1/dashboard/orders?limit=50")
+
+
+def _through_fastapi(url: str) -> str:
+    """The same view by a query string the early answer leaves to FastAPI (an escaped, unknown
+    parameter: FastAPI ignores it, so the cache key is the same)."""
+    return url + ("&" if "?" in url else "?") + "note=a%20b"
+
+
+@pytest.fixture
+def responds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The views answered through FastAPI's endpoint (``dashboard._respond``), in order."""
+    calls: list[str] = []
+    real = dashboard._respond
+
+    async def counting(request: Any, view: dashboard.View, load: Any) -> Any:
+        calls.append(view[1])
+        return await real(request, view, load)
+
+    monkeypatch.setattr(dashboard, "_respond", counting)
+    return calls
+
+
+async def test_a_hit_is_answered_before_fastapi_with_the_same_bytes_and_headers(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool, responds: list[str]) -> None:
+    await insert_order(pool, status="printing")
+    for url in URLS:
+        responds.clear()
+        miss = await client.get(url)
+        hit = await client.get(url)
+        slow = await client.get(_through_fastapi(url))
+        assert len(responds) == 2, (url, responds)  # the miss and the slow hit, not the hit
+        assert (miss.headers["x-cache"], hit.headers["x-cache"], slow.headers["x-cache"]) == (
+            "miss", "hit", "hit")
+        # Byte for byte what FastAPI's path sends for the same stored body, header order too.
+        assert hit.content == slow.content == miss.content
+        assert hit.headers.raw == slow.headers.raw
+        assert [h for h in miss.headers.raw if h[0] != b"x-cache"] == [
+            h for h in hit.headers.raw if h[0] != b"x-cache"]
+        assert hit.headers["etag"] == dcache.etag_of(hit.content)
+        assert hit.headers["content-length"] == str(len(hit.content))
+
+        etag = {"If-None-Match": hit.headers["etag"]}
+        early, late = await client.get(url, headers=etag), await client.get(
+            _through_fastapi(url), headers=etag)
+        assert early.status_code == late.status_code == 304 and early.content == b""
+        assert early.headers.raw == late.headers.raw
+
+
+async def test_a_hit_is_answered_early_only_to_a_manager_and_a_valid_query(
+        client: httpx.AsyncClient, pool: AsyncConnectionPool, responds: list[str]) -> None:
+    await insert_order(pool)
+    url = "/api/v1/dashboard/orders?status=accepted&limit=50"
+    assert (await client.get(url)).headers["x-cache"] == "miss"
+    responds.clear()
+    # No credential, a wrong one: FastAPI's path refuses, as before.
+    assert (await client.get(url, headers={"Authorization": ""})).status_code == 401
+    assert (await client.get(url, headers={"Authorization": "Bearer nope"})).status_code == 401
+    # The other credentials answer early too.
+    basic = httpx.BasicAuth("anyone", MANAGER_TOKEN)
+    assert (await client.get(url, headers={"Authorization": ""}, auth=basic)).headers[
+        "x-cache"] == "hit"
+    # What FastAPI rejects is still rejected, not looked up.
+    for bad in ("status=lost", "status=accepted&limit=0", "status=accepted&limit=201",
+                "status=accepted&offset=10001", "status=accepted&limit=" + "9" * 5000,
+                "status=accepted&limit=%35%30"):
+        r = await client.get(f"/api/v1/dashboard/orders?{bad}")
+        assert r.status_code == (200 if "%" in bad else 422), (bad, r.status_code)
+    assert responds == ["accepted:50:0"]  # only the escaped limit (=50) went to the endpoint
+    # Spelled differently, the same page: the same entry.
+    for same in ("status=accepted&limit=050", "limit=50&status=accepted&&offset=0",
+                 "status=accepted&limit=50&limit=50"):
+        r = await client.get(f"/api/v1/dashboard/orders?{same}")
+        assert r.status_code == 200 and r.headers["x-cache"] == "hit", same
+
+
+async def test_peek_answers_only_what_get_or_load_would_as_a_hit(
+        cache: dcache.DashboardCache) -> None:
+    loads = 0
+
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        return b'{"n":%d}' % loads
+
+    hits = count("dashboard_summary", "hit")
+    assert cache.peek("dashboard_summary", "k", hot=True) is None
+    assert cache.peek("dashboard_orders", "l", hot=False) is None
+    await cache.get_or_load("dashboard_summary", "k", load, hot=True)
+    await cache.get_or_load("dashboard_orders", "l", load, hot=False)
+    hot, listed = (cache.peek("dashboard_summary", "k", hot=True),
+                   cache.peek("dashboard_orders", "l", hot=False))
+    assert hot is not None and hot.body == b'{"n":1}' and hot.etag == dcache.etag_of(hot.body)
+    assert listed is not None and listed.body == b'{"n":2}'
+    assert count("dashboard_summary", "hit") == hits + 1  # a peek that answers is a hit
+
+    # The generation due from Redis (no poller to keep it fresh): not answered without I/O,
+    # and not counted; get_or_load asks Redis and then serves the same copy.
+    assert cache._poller is not None
+    cache._poller.cancel()
+    cache._gen_at = -1e9
+    assert cache.peek("dashboard_summary", "k", hot=True) is None
+    assert count("dashboard_summary", "hit") == hits + 1
+    assert await cache.get_or_load("dashboard_summary", "k", load, hot=True) == (
+        b'{"n":1}', "hit")
+    # A list past its TTL (1 s here) is not a hit either.
+    cache.list_ttl = 0.0
+    assert cache.peek("dashboard_orders", "l", hot=False) is None
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["at-the-route", "hits-first"])
+async def test_server_timing_and_route_on_hits_and_misses(
+        pool: AsyncConnectionPool, responds: list[str], first: bool) -> None:
+    """The early answer runs inside obskit's middleware: Server-Timing covers it as it covers
+    FastAPI's path (the benchmark's in-server figures come from this header), and the span
+    names the route, whether the route (``_CachedRoute``) or ``HitsFirst`` answered."""
+    from obskit.testing import init_for_tests
+
+    await reset_db(pool)
+    await insert_order(pool)
+    async for c in _make_cache(REDIS_URL):
+        others = "requests,httpx,psycopg,psycopg2,asyncpg,sqlalchemy,redis,pika,aio_pika,flask"
+        with init_for_tests("dashboard", server_timing=True,
+                            disabled_instrumentations=others) as obs:
+            app = dashboard_app(pool)
+            if first:
+                app.add_middleware(dashboard.HitsFirst)
+            app.state.dashboard_cache = c
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://dash", headers=MANAGER) as client:
+                got = [await client.get(url) for url in URLS for _ in range(2)]
+                other = await client.get("/dashboard")  # not a JSON view: routed as ever
+            routes = [(s.attributes or {}).get("http.route") for s in obs.spans]
+        assert [r.headers["x-cache"] for r in got] == ["miss", "hit"] * 3
+        assert len(responds) == 3  # the hits were answered early
+        for r in got:
+            name, _, dur = r.headers["server-timing"].partition(";dur=")
+            assert name == "app" and 0 < float(dur) < 10_000
+            assert "x-request-id" in r.headers
+        assert other.status_code == 200 and "server-timing" in other.headers
+        assert routes == [url.partition("?")[0] for url in URLS for _ in range(2)] + [
+            "/dashboard"]

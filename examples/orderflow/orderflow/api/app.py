@@ -95,6 +95,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = {}
     app.state.templates = jinja2.Environment(
         loader=jinja2.PackageLoader("orderflow", "templates"), autoescape=True)
+    try:  # the MES dashboard plugs in here (orderflow/api/dashboard.py)
+        dashboard: Any = importlib.import_module("orderflow.api.dashboard")
+    except ModuleNotFoundError as exc:
+        if exc.name != "orderflow.api.dashboard":
+            raise
+        dashboard = None
+    else:
+        # Innermost: a manager's dashboard cache hit is answered before routing (~0.04 ms in
+        # the server against ~0.08 at the route); the middlewares below see every request.
+        app.add_middleware(dashboard.HitsFirst)
     # Added first, so it runs inside RequestContextMiddleware: a 413 carries the request id.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
@@ -104,12 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     unavailable.register(app)
 
     app.include_router(orders.router)
-    try:  # the MES dashboard plugs in here (orderflow/api/dashboard.py)
-        dashboard = importlib.import_module("orderflow.api.dashboard")
-    except ModuleNotFoundError as exc:
-        if exc.name != "orderflow.api.dashboard":
-            raise
-    else:
+    if dashboard is not None:
         app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["operations"])

@@ -6,12 +6,18 @@ is committed. Reads go to ``app.state.read_db`` (the replica when one is configu
 
 The endpoints carry no customer emails or partner references, only what a production manager
 needs, and answer only managers (``orderflow.api.auth``: ``ORDERFLOW_DASHBOARD_TOKEN``).
+
+A cache hit is answered before FastAPI's endpoint handling (``_CachedRoute``; ``HitsFirst``
+also skips the routing): every dashboard polls every few seconds, and a hit is bytes already
+encoded, so the per-request work around them — validating the query with pydantic, a Request,
+exit stacks, a Response object, hashing the body for its ETag — was most of a hit's time in the
+server. Everything else (a miss, a stale copy, a refusal, an unusual query string) goes through
+FastAPI as before, and both ways send the same bytes and headers.
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -22,6 +28,8 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from orderflow import cache as dcache
 from orderflow import events
@@ -36,6 +44,8 @@ NEWEST_LIMIT = 10
 HOT_PAGE_SIZES = frozenset({10, 20, 50, 100, 200})
 THROUGHPUT_WINDOW_S = 15 * 60
 THROUGHPUT_BUCKET_S = 30
+View = tuple[str, str, bool]  # the cache's name (metric label), key, and whether it is hot
+SUMMARY: View = ("dashboard_summary", "summary", True)
 _COLUMNS = ("order_id, channel, status, model->>'name' AS model, model->>'material' AS material, "
             "model->>'quality' AS quality, quantity, price, currency, created_at, updated_at")
 
@@ -65,13 +75,14 @@ def _body(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-async def _respond(request: Request, name: str, key: str,
-                   load: Callable[[], Awaitable[dict[str, Any]]], *, hot: bool) -> Response:
+async def _respond(request: Request, view: View,
+                   load: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
     # The cache holds the response body: a hit is sent as stored, never decoded and re-encoded.
     # The uncached path (cache off) serializes the same way, so the comparison is like for like.
     async def loader() -> bytes:
         return _body(await load())
 
+    name, key, hot = view
     body, result = await _cache(request).get_or_load(name, key, loader, hot=hot)
     return _send(request, body, result)
 
@@ -80,7 +91,8 @@ def _send(request: Request, body: bytes, result: str) -> Response:
     # Conditional polling: a dashboard that already holds this body gets 304 and no body. The
     # validator changes with every load (the body carries ``generated_at``). ``no-cache``: the
     # browser asks each time, so freshness stays the server's (invalidation, list TTL).
-    etag = f'W/"{zlib.crc32(body):08x}{len(body):x}"'
+    # _CachedRoute sends the same headers for a hit: keep the two in step.
+    etag = dcache.etag_of(body)
     headers = {"X-Cache": result, "ETag": etag, "Cache-Control": "no-cache"}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
@@ -94,6 +106,157 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     opaque = etag.removeprefix("W/")
     return any(tag == "*" or tag.removeprefix("W/") == opaque
                for tag in (t.strip() for t in if_none_match.split(",")))
+
+
+# --- hits, before FastAPI ----------------------------------------------------------------------
+def _orders_view(status: str | None, limit: int, offset: int) -> View | None:
+    """How a page of ``/orders`` is cached; None: read from the database each time."""
+    if status is None:
+        if offset or limit not in HOT_PAGE_SIZES:
+            return None
+        return "dashboard_newest", f"newest:{limit}", True
+    return "dashboard_orders", f"{status}:{limit}:{offset}", False
+
+
+def _plain_query(query_string: bytes) -> dict[str, str] | None:
+    """``name=value`` pairs when the query string is plain (nothing escaped, no name twice),
+    else None: such a request goes through FastAPI, whose parsing and validation decide."""
+    if not query_string:
+        return {}
+    if b"%" in query_string or b"+" in query_string:
+        return None
+    out: dict[str, str] = {}
+    for part in query_string.decode("latin-1").split("&"):
+        if not part:
+            continue  # as parse_qsl: "a=1&&b=2"
+        name, eq, value = part.partition("=")
+        if not eq or name in out:
+            return None
+        out[name] = value
+    return out
+
+
+def _number(value: str | None, default: int, low: int, high: int) -> int | None:
+    """A query parameter FastAPI would accept as an int in [low, high]; None: let it decide."""
+    if value is None:
+        return default
+    # Plain digits only, and short: int() refuses strings of over 4,300 digits.
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return None
+    n = int(value)
+    return n if low <= n <= high else None
+
+
+def _summary_hit_view(query: dict[str, str]) -> View | None:
+    return SUMMARY  # no parameters: any query string reads the same summary
+
+
+def _orders_hit_view(query: dict[str, str]) -> View | None:
+    # The bounds are the endpoint's Query() bounds below.
+    limit, offset = _number(query.get("limit"), 50, 1, 200), _number(query.get("offset"), 0, 0,
+                                                                     10_000)
+    status = query.get("status")
+    if limit is None or offset is None or (status is not None and status not in STATUSES):
+        return None
+    return _orders_view(status, limit, offset)
+
+
+async def _send_hit(request: Request, send: Send, entry: dcache.Entry) -> None:
+    """What ``_send(request, entry.body, "hit")`` sends, header for header, without a Response."""
+    etag = entry.etag.encode("latin-1")
+    headers = [(b"x-cache", b"hit"), (b"etag", etag), (b"cache-control", b"no-cache")]
+    if _matches(request.headers.get("if-none-match"), entry.etag):
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers += [(b"content-length", b"%d" % len(entry.body)),
+                (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": entry.body})
+
+
+async def answer_hit(scope: Scope, send: Send, path: str) -> bool:
+    """Send the stored body if this request is a manager's GET of the dashboard JSON at
+    ``path`` (the route's path) and a hit on this process's copy; False: nothing was sent."""
+    if scope["method"] != "GET":
+        return False
+    view = _hit_view(path, scope.get("query_string", b""))
+    if view is None:
+        return False
+    request = Request(scope)
+    token = auth.dashboard_token(request)
+    if not token or not auth.presented_token(request, token):
+        return False  # FastAPI's path answers 401/403, as ever
+    entry = _cache(request).peek(view[0], view[1], hot=view[2])
+    if entry is None:
+        return False
+    await _send_hit(request, send, entry)
+    return True
+
+
+class _CachedRoute(APIRoute):
+    """A dashboard JSON route that answers a manager's cache hit itself (see the module doc).
+
+    It runs after routing and every middleware (obskit's span, metrics, access line and
+    ``Server-Timing`` included); only FastAPI's handling of the endpoint is skipped.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        _ROUTES[path] = self
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await answer_hit(scope, send, self.path):
+            await super().handle(scope, receive, send)
+
+
+class HitsFirst:
+    """ASGI middleware: answer dashboard cache hits before routing.
+
+    ``_CachedRoute`` answers them once FastAPI has routed the request, and routing through
+    the app's routers (FastAPI 0.16x), its exception and exit-stack layers are most of what is
+    left of a hit's time: in the server (``Server-Timing`` p50, one quiet reader, ``orderflow
+    api``) 0.08 ms at the route, 0.04 ms here. Added innermost in the app factory
+    (``app.add_middleware(dashboard.HitsFirst)`` before any other ``add_middleware``), the
+    middlewares outside it still see every request (request id, client IP on the access line,
+    body limit). It names the route on the scope as the router would, so the span, the metrics
+    and the access line carry the same route.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            route = _ROUTES.get(scope["path"])
+            if route is not None:
+                scope["route"] = route
+                if await answer_hit(scope, send, route.path):
+                    return
+                del scope["route"]  # the router decides, as for any request
+        await self.app(scope, receive, send)
+
+
+# The dashboard routes that answer hits themselves, by path (HitsFirst finds them here).
+_ROUTES: dict[str, _CachedRoute] = {}
+# The view each (route, query string) reads, remembered: dashboards poll the same few URLs.
+# Bounded, as query strings are the client's.
+_VIEWS: dict[tuple[str, bytes], View | None] = {}
+_MAX_VIEWS = 256
+
+
+def _hit_view(path: str, query_string: bytes) -> View | None:
+    """The view a GET of ``path?query_string`` reads, None: not one ``_CachedRoute`` answers."""
+    key = (path, query_string)
+    if key in _VIEWS:
+        return _VIEWS[key]
+    read = _HIT_VIEWS.get(path)
+    query = _plain_query(query_string) if read is not None else None
+    view = read(query) if read is not None and query is not None else None
+    if len(_VIEWS) >= _MAX_VIEWS:
+        _VIEWS.clear()
+    _VIEWS[key] = view
+    return view
 
 
 _JSON: dict[int | str, dict[str, Any]] = {
@@ -162,7 +325,6 @@ async def _summary(conn: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/api/v1/dashboard/summary", response_class=Response, responses=_JSON)
 async def summary(request: Request) -> Response:
     """Counts by status, the newest orders and throughput (accepted/done/failed per 30 s).
 
@@ -170,12 +332,9 @@ async def summary(request: Request) -> Response:
     """
     if (refused := auth.refuse(request)) is not None:
         return refused
-    return await _respond(request, "dashboard_summary", "summary",
-                          lambda: _load_summary(request), hot=True)
+    return await _respond(request, SUMMARY, lambda: _load_summary(request))
 
 
-@router.get("/api/v1/dashboard/orders", response_class=Response,
-            responses={**_JSON, 422: {"model": ErrorBody, "description": "Unknown status"}})
 async def orders(request: Request,
                  status: str | None = Query(None, description="One of the order statuses; "
                                             "omitted: the newest orders of any status."),
@@ -211,12 +370,24 @@ async def orders(request: Request,
         return {**params, "total": total[0]["n"], "orders": rows,
                 "generated_at": datetime.now().astimezone().isoformat()}
 
-    if status is None:
-        if offset or limit not in HOT_PAGE_SIZES:
-            return _send(request, _body(await load()), "bypass")
-        return await _respond(request, "dashboard_newest", f"newest:{limit}", load, hot=True)
-    return await _respond(request, "dashboard_orders", f"{status}:{limit}:{offset}", load,
-                          hot=False)
+    view = _orders_view(status, limit, offset)
+    if view is None:
+        return _send(request, _body(await load()), "bypass")
+    return await _respond(request, view, load)
+
+
+# Which routes answer hits themselves, and how they read their query (by route path).
+_HIT_VIEWS: dict[str, Callable[[dict[str, str]], View | None]] = {
+    "/api/v1/dashboard/summary": _summary_hit_view,
+    "/api/v1/dashboard/orders": _orders_hit_view,
+}
+# add_api_route: the decorators take no route class of their own.
+router.add_api_route("/api/v1/dashboard/summary", summary, methods=["GET"],
+                     response_class=Response, responses=_JSON, route_class_override=_CachedRoute)
+router.add_api_route("/api/v1/dashboard/orders", orders, methods=["GET"],
+                     response_class=Response, route_class_override=_CachedRoute,
+                     responses={**_JSON, 422: {"model": ErrorBody,
+                                               "description": "Unknown status"}})
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
