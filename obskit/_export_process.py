@@ -42,6 +42,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
+from obskit._fastspan import LeanSpan
+
 _HEADER = struct.Struct("<I")
 #: Items per frame, and how many wait in the service before new ones are dropped (the SDK
 #: batch processors' defaults: 512 and 2048).
@@ -93,6 +95,30 @@ def span_tuple(span: Any, resource_index: int, scope_index: int) -> tuple[Any, .
             resource_index, scope_index)
 
 
+def lean_span_tuple(span: Any, resource_index: int, scope_index: int) -> tuple[Any, ...]:
+    """``span_tuple`` of obskit's own ``LeanSpan`` (its HTTP and messaging spans): read from the
+    fields it set itself, without the ``ReadableSpan`` properties' copies (a third of the
+    cost per span)."""
+    ctx = span._context
+    parent = span._parent
+    status = span._status
+    events = span._events
+    links = span._links
+    return (span._name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
+            _trace_state(ctx.trace_state),
+            None if parent is None else _context_tuple(parent),
+            span._kind.value, span._start_time, span._end_time,
+            status.status_code.value, status.description,
+            span._attributes or None,
+            tuple((e.name, e.timestamp, _attrs(e.attributes), e.dropped_attributes)
+                  for e in events) if events else None,
+            tuple((_context_tuple(link.context), _attrs(link.attributes), link.dropped_attributes)
+                  for link in links) if links else None,
+            span._dropped, span.dropped_events if events else 0,
+            span.dropped_links if links else 0,
+            resource_index, scope_index)
+
+
 def spans_frame(spans: Sequence[Any]) -> bytes:
     """One frame with ``spans`` and the resources and scopes they refer to (by index)."""
     resources: dict[int, int] = {}
@@ -112,7 +138,8 @@ def spans_frame(spans: Sequence[Any]) -> bytes:
             s = scopes[id(scope)] = len(scope_table)
             scope_table.append(None if scope is None else (
                 scope.name, scope.version, scope.schema_url, _attrs(scope.attributes)))
-        items.append(span_tuple(span, r, s))
+        items.append(lean_span_tuple(span, r, s) if type(span) is LeanSpan
+                     else span_tuple(span, r, s))
     return _frame(("spans", resource_table, scope_table, items))
 
 

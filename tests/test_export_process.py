@@ -492,3 +492,35 @@ async def test_the_access_line_record_carries_its_requests_trace(export_process:
     line = next(x for x in logs if x.body == "GET /items/7 200")  # not httpx's own line
     assert (line.trace_id, line.span_id) == (span.trace_id, span.span_id)
     assert line.attributes["route"] == "/items/{item_id}"
+
+
+def test_lean_spans_go_over_as_the_sdks_spans_do() -> None:
+    from obskit._fastspan import FastTracer, LeanSpan
+    from obskit._otlp_encode import SpanEncoder
+
+    keep = _Keep()
+    provider = TracerProvider(resource=Resource({"service.name": "lean"}),
+                              span_limits=SpanLimits(max_span_attributes=3, max_events=1))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    fast = FastTracer(provider.get_tracer("obskit", "1.0"))
+    remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1),
+                         trace_state=OTelTraceState([("v", "1")]))
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    span = fast.start_span("GET /items/{id}", parent, SpanKind.SERVER,
+                           {"http.request.method": "GET", "http.response.status_code": 200},
+                           links=[Link(remote, {"l": 1})])
+    span.start()
+    span.set_attribute("a", 1)
+    span.set_attribute("b", 2)  # over the limit of 3: the oldest is dropped
+    span.add_event("e1", {"k": "v"})
+    span.add_event("e2")  # over the limit of 1
+    span.set_status(Status(StatusCode.ERROR, "no"))
+    span.end()
+    plain = fast.start_span("plain", None, SpanKind.CLIENT)
+    plain.start()
+    plain.end()
+    assert all(type(s) is LeanSpan for s in keep.spans) and keep.spans[0].dropped_attributes
+    sdk = encode_spans(keep.spans).SerializeToString(deterministic=True)
+    assert SpanEncoder().request(_frame_of(keep.spans)) == sdk
+    assert encode_spans(_through_the_pipe(keep.spans)).SerializeToString(deterministic=True) \
+        == sdk
