@@ -44,8 +44,11 @@ def _otlp_check(settings: _config.Settings, timeout: float) -> dict[str, Any]:
     url = urlparse(endpoint)
     default_port = 4317 if settings.otlp_protocol == "grpc" else 4318
     ok, detail = _tcp_check(url.hostname or "localhost", url.port or default_port, timeout)
+    exported_by = ("an export process (python -m obskit._export_process)"
+                   if settings.export_process else "the service's own threads")
     return {"configured": True, "ok": ok, "endpoint": endpoint,
-            "protocol": settings.otlp_protocol, "detail": detail}
+            "protocol": settings.otlp_protocol, "export_process": settings.export_process,
+            "detail": f"{detail}; encoded and sent by {exported_by}"}
 
 
 def _metrics_check(settings: _config.Settings, timeout: float) -> dict[str, Any]:
