@@ -173,6 +173,10 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+#: In a forked process, its parent's export process handles: kept, never closed or reaped here.
+_PARENTS: list[Any] = []
+
+
 class ExportLink:
     """The service's end: queues of finished spans and log records, the thread that hands them
     to the child, and the child process itself.
@@ -274,9 +278,13 @@ class ExportLink:
         return True
 
     def _spawn(self) -> None:
+        # Under `opentelemetry-instrument` the child would set up exporters of its own and
+        # trace its own gRPC calls: it exports only what it is handed.
+        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
+               "OTEL_METRICS_EXPORTER": "none"}
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "obskit._export_process"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         fd = proc.stdin.fileno()
         with contextlib.suppress(OSError):  # a larger buffer where the kernel allows it
@@ -324,6 +332,8 @@ class ExportLink:
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+            with contextlib.suppress(OSError):
+                proc.poll()  # reap it if it has ended
         self._fd = -1
 
     def _read_reports(self, proc: subprocess.Popen[bytes], stream: BinaryIO) -> None:
@@ -379,9 +389,15 @@ class ExportLink:
         the next batch starts a child of this process's own."""
         self.spans.clear()
         self.logs.clear()
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+        proc = self._proc
+        if proc is not None:
+            # Our copy of the parent's pipe closes (the parent's export process must see the
+            # end of it when the parent ends). Its report stream stays open and referenced:
+            # closing it would wait for a lock the parent's reader thread held at the fork.
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            _PARENTS.append(proc)
         self._proc, self._fd, self._tail = None, -1, b""
         self._send_lock = threading.Lock()
         self._flushed = threading.Condition()
