@@ -352,9 +352,10 @@ def format_summary(s: dict[str, Any]) -> str:
             f"lost_on_purpose   {s['lost_on_purpose']}   stopped at: {stuck}",
             f"processed_twice   {s['processed_twice']}",
         ]
-    if s["transport_errors"] or s["retried_after_connection_error"]:
-        lines.append(f"connection errors {s['retried_after_connection_error']} retried with the "
-                     f"same Idempotency-Key, {s['transport_errors']} gave up")
+    retried, gave_up = s.get("retried_after_connection_error", 0), s.get("transport_errors", 0)
+    if retried or gave_up:
+        lines.append(f"connection errors {retried} retried with the same Idempotency-Key, "
+                     f"{gave_up} gave up")
     return "\n".join([
         *lines,
         f"accepted          {s['accepted']}  (b2c {s['by_channel']['b2c']}, "
