@@ -68,13 +68,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     import obskit
 
     obskit.init("ingress", journey_url=Settings().journey_url)
+    import socket
+
     import uvicorn
 
     from orderflow.api.app import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False,
-                log_config=None, timeout_graceful_shutdown=10)
-    return 0
+    config = uvicorn.Config(create_app(), host=args.host, port=args.port, access_log=False,
+                            log_config=None, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    if args.fd is None:
+        server.run()
+    else:
+        # Not uvicorn's own fd=: it rebuilds the socket as AF_UNIX, which a TCP socket is not;
+        # socket(fileno=) reads the family from the descriptor.
+        server.run(sockets=[socket.socket(fileno=args.fd)])
+    # As uvicorn.run: a server that never started (the port taken, the app failed) is an error.
+    return 0 if server.started else 3
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -109,7 +119,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     migrations.upgrade(Settings().database_url)
     return supervisor.run(port=args.port, host=args.host, mes_workers=args.mes_workers,
                           mes_concurrency=args.concurrency, metrics_port=args.metrics_port,
-                          targets_file=args.targets_file, targets_host=args.targets_host)
+                          targets_file=args.targets_file, targets_host=args.targets_host,
+                          ingress=args.ingress)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("api", help="run the ingress (shop API, open API, order status)")
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--fd", type=int, default=None, metavar="FD",
+                   help="serve this inherited listening socket instead of binding --host/--port "
+                        "(how `orderflow all` starts its ingress processes)")
     a.set_defaults(func=cmd_api, faults=True)
 
     sub.add_parser("relay", help="run the CRM outbox relay").set_defaults(func=cmd_relay,
@@ -244,12 +258,16 @@ def parser() -> argparse.ArgumentParser:
     al.add_argument("--port", type=int, default=8000)
     al.add_argument("--host", default="127.0.0.1")
     al.add_argument("--mes-workers", type=int, default=2)
+    al.add_argument("--ingress", type=_positive, default=1, metavar="N",
+                    help="ingress processes serving --port together (default 1; the kernel "
+                         "spreads connections over them, SO_REUSEPORT)")
     al.add_argument("--concurrency", type=int, default=8, help="per MES worker")
     al.add_argument("--metrics-port", type=_port, metavar="BASE",
                     # A string default goes through type=, so a bad env value is a usage error.
                     default=os.environ.get(ENV_METRICS_PORT) or None,
                     help="each process serves its own /metrics (with exemplars): ingress on "
-                         "BASE, crm-relay BASE+1, crm-status BASE+2, mes-1 BASE+3, ... "
+                         "BASE, crm-relay BASE+1, crm-status BASE+2, mes-1 BASE+3, ..., then "
+                         "ingress-2, ... after the last MES worker "
                          f"(env {ENV_METRICS_PORT}; default: off, the ingress /metrics shows "
                          "all processes merged)")
     al.add_argument("--targets-file", metavar="PATH", default=None,
@@ -320,6 +338,16 @@ def _fault(text: str) -> tuple[str, float]:
         return faults.parse_one(text)
     except faults.FaultSpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def _port(text: str) -> int:

@@ -10,10 +10,16 @@ from orderflow.config import Settings
 
 
 async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-                    name: str = "orderflow", timeout: float = 10.0) -> AsyncConnectionPool:
-    """``timeout``: seconds ``pool.connection()`` waits before ``PoolTimeout``."""
+                    name: str = "orderflow", timeout: float = 10.0,
+                    autocommit: bool = False) -> AsyncConnectionPool:
+    """``timeout``: seconds ``pool.connection()`` waits before ``PoolTimeout``.
+
+    ``autocommit``: a lone statement is its own transaction, one round trip instead of three
+    (``BEGIN``, the statement, ``COMMIT``); several statements that must commit together then
+    need ``conn.transaction()``, which still opens a real one."""
     pool = AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False,
-                               kwargs={"row_factory": dict_row}, name=name, timeout=timeout)
+                               kwargs={"row_factory": dict_row, "autocommit": autocommit},
+                               name=name, timeout=timeout)
     await pool.open(wait=True, timeout=10.0)
     return pool
 

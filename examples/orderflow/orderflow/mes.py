@@ -279,9 +279,14 @@ class Worker:
 async def main(settings: Settings, stop: asyncio.Event, *, concurrency: int = 8,
                worker_id: str | None = None) -> None:
     await messaging.declare_topology(settings)
-    write_pool = await db.open_pool(settings.database_url, max_size=4, name="mes-write")
+    # Autocommit: per order the worker runs single statements (its claim, two claim checks),
+    # which would each cost BEGIN and COMMIT round trips besides; the one multi-statement write
+    # (_mark_processed) opens its transaction explicitly.
+    write_pool = await db.open_pool(settings.database_url, max_size=4, name="mes-write",
+                                    autocommit=True)
     read_pool = (write_pool if settings.read_database_url == settings.database_url else
-                 await db.open_pool(settings.read_database_url, max_size=4, name="mes-read"))
+                 await db.open_pool(settings.read_database_url, max_size=4, name="mes-read",
+                                    autocommit=True))
     publisher = messaging.publisher(settings)
     await publisher.connect()
     worker = Worker(settings, read_pool, write_pool, publisher, worker_id)

@@ -76,17 +76,18 @@ class OrderflowAll:
 
     def __init__(self, env: dict[str, str], tmp: Path, *, targets_file: Path | None = None,
                  targets_host: str = "127.0.0.1", mes_workers: int = 2,
-                 concurrency: int = 2) -> None:
+                 concurrency: int = 2, ingress: int = 1) -> None:
         self.env = env
         self.port = _free_port()
         self.mes_workers = mes_workers
-        self.metrics_base = free_port_range(3 + mes_workers)
+        self.metrics_base = free_port_range(3 + mes_workers + ingress - 1)
         self.base = f"http://127.0.0.1:{self.port}"
         self.dsn = env["ORDERFLOW_DATABASE_URL"]
         self.log_path = tmp / f"orderflow-all-{self.port}.log"
         self.argv = [sys.executable, "-P", "-m", "orderflow.cli", "all", "--port",
                      str(self.port), "--mes-workers", str(mes_workers), "--concurrency",
-                     str(concurrency), "--metrics-port", str(self.metrics_base)]
+                     str(concurrency), "--metrics-port", str(self.metrics_base),
+                     "--ingress", str(ingress)]
         if targets_file is not None:
             self.argv += ["--targets-file", str(targets_file), "--targets-host", targets_host]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -188,3 +189,56 @@ def test_each_process_serves_its_own_metrics_with_exemplars(env: dict[str, str],
                         "labels": {"service": service, "instance": instance}}
                        for i, (instance, service) in enumerate(GROUP)]
     assert [p.name for p in targets.parent.iterdir()] == ["orderflow.json"]  # no temp left
+
+
+def test_ingress_processes_share_the_port_and_stop_cleanly(env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """``--ingress 2``: both processes answer on the one port, each with its metrics port after
+    the MES workers (nothing of the one-ingress layout moves), and SIGTERM stops the group."""
+    targets = tmp_path / "targets.json"
+    with isolated_env(env) as e, OrderflowAll(e, tmp_path, targets_file=targets, mes_workers=1,
+                                              ingress=2) as group:
+        base = group.metrics_base
+        assert "2 api processes on" in group.log(), group.log()[-2000:]
+        assert json.loads(targets.read_text()) == [
+            {"targets": [f"127.0.0.1:{base + i}"],
+             "labels": {"service": service, "instance": instance}}
+            for i, (instance, service) in enumerate([
+                ("ingress-1", "ingress"), ("crm-relay", "crm-relay"),
+                ("crm-status", "crm-status"), ("mes-1", "mes"), ("ingress-2", "ingress")])]
+        # A new connection per order: the kernel picks a socket per connection (SO_REUSEPORT
+        # hashes its ports), so 40 of them all landing on one process is a 2**-39 chance.
+        ids = []
+        for _ in range(40):
+            r = group.place("b2c")
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["order_id"])
+        accepted = [_stage_counts(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+                    .get("accepted", 0) for port in (base, base + 4)]
+        assert all(n > 0 for n in accepted) and sum(accepted) == 40, accepted
+        assert set(group.wait_terminal(ids).values()) == {"done"}
+        pids = _children(group.proc.pid)  # type: ignore[union-attr]
+        assert sorted(name for name, _ in pids) == ["api", "api", "mes", "relay", "status"]
+    assert group.proc is not None and group.proc.returncode == 0, group.log()[-3000:]
+    alive = [name for name, pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not alive, alive
+    with socket.socket() as s:  # nothing listens on the port any more
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT does not count
+        s.bind(("127.0.0.1", group.port))
+        s.listen()
+
+
+def _children(ppid: int) -> list[tuple[str, int]]:
+    """(subcommand, pid) of the orderflow processes whose parent is ``ppid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or \
+                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != ppid:
+                continue
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if "orderflow.cli" in argv:
+            out.append((argv[argv.index("orderflow.cli") + 1], int(entry.name)))
+    return out
