@@ -40,7 +40,8 @@ own that accepts and discards everything unparsed (``--otlp-sink``): ``obskit_li
 default ``init()`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (spans and every log line exported),
 ``obskit_10pct_live`` the same at 10 % head sampling, ``obskit_live_nologs`` without log export,
 ``obskit_live_inproc`` with the SDK's exporters in the server's process
-(``OBSKIT_EXPORT_PROCESS=0``), ``stock_live`` the contrib setup with the SDK's gRPC exporter.
+(``OBSKIT_EXPORT_PROCESS=0``), ``obskit_live_http`` over OTLP/HTTP (``--otlp-sink-http``),
+``stock_live`` the contrib setup with the SDK's gRPC exporter.
 The last two columns are the CPU per request of obskit's export process (the server's child) and
 of the receiving end. Prints req/s (median over rounds), p50/p99 latency (median over rounds)
 and the ratio to bare. Needs ``wrk`` (Debian package ``wrk``).
@@ -75,7 +76,7 @@ VARIANTS = ("bare", "stock", "obskit", "obskit_10pct")
 #: The deployment path: spans (and obskit's log records) exported over OTLP/gRPC to a live
 #: endpoint that accepts and discards everything (``--otlp-sink``, a process of its own).
 LIVE_VARIANTS = ("obskit_live", "obskit_10pct_live", "obskit_live_nologs", "obskit_live_inproc",
-                 "stock_live")
+                 "obskit_live_http", "stock_live")
 #: Diagnostic variants, run with --variants: where obskit's per-request cost goes.
 EXTRA_VARIANTS = ("obskit_nolog", "obskit_notrace", "obskit_10pct_norid", "obskit_stage",
                   "obskit_journey", "obskit_file", *LIVE_VARIANTS)
@@ -123,7 +124,8 @@ def build_app(variant: str) -> Any:
     from fastapi import FastAPI
 
     live = variant in LIVE_VARIANTS
-    endpoint = os.environ.get("BENCH_OTLP_ENDPOINT", "")
+    endpoint = os.environ.get("BENCH_OTLP_HTTP_ENDPOINT" if variant == "obskit_live_http"
+                              else "BENCH_OTLP_ENDPOINT", "")
     if live and not endpoint:
         raise SystemExit(f"{variant}: BENCH_OTLP_ENDPOINT is not set")
     if variant == "stock":
@@ -135,6 +137,7 @@ def build_app(variant: str) -> Any:
 
         sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
         obskit.init("bench", log_stream=sink, log_format="json", otlp_endpoint=endpoint,
+                    otlp_protocol="http/protobuf" if variant == "obskit_live_http" else "grpc",
                     export_logs=variant != "obskit_live_nologs",
                     export_process=variant != "obskit_live_inproc")
     elif variant == "obskit_file":  # the default sink without a collector: a JSON-lines file
@@ -191,15 +194,35 @@ _OTLP_SERVICES = ("opentelemetry.proto.collector.trace.v1.TraceService",
                   "opentelemetry.proto.collector.metrics.v1.MetricsService")
 
 
-def otlp_sink(port: int) -> None:
-    """A live OTLP/gRPC endpoint that accepts everything and keeps nothing (``--otlp-sink``).
+def otlp_sink(port: int, http_port: int | None = None) -> None:
+    """A live OTLP/gRPC endpoint that accepts everything and keeps nothing (``--otlp-sink``),
+    and OTLP/HTTP on ``http_port`` (``--otlp-sink-http``).
 
     The request bytes are not even parsed (no deserializer): the receiving end's cost is the
-    gRPC transport, as little as any collector could spend. An empty reply is a valid empty
+    transport, as little as any collector could spend. An empty reply is a valid empty
     ``Export*ServiceResponse``."""
+    import threading
     from concurrent import futures
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import grpc
+
+    class Discard(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a collector serves it
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    if http_port:
+        httpd = ThreadingHTTPServer(("127.0.0.1", http_port), Discard)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
     def export(request: bytes, context: Any) -> bytes:
         return b""
@@ -333,7 +356,7 @@ def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
 
 
 #: The running ``--otlp-sink`` process (pid, endpoint), started once for the live variants.
-SINK: tuple[int, str] | None = None
+SINK: tuple[int, str, str] | None = None  # pid, gRPC endpoint, HTTP endpoint
 
 
 def measure(variant: str, duration: float, connections: int, threads: int,
@@ -341,7 +364,8 @@ def measure(variant: str, duration: float, connections: int, threads: int,
     port = _free_port()
     variant, env = _variant_env(variant, before)
     if SINK is not None:
-        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1]}
+        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1],
+               "BENCH_OTLP_HTTP_ENDPOINT": SINK[2]}
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
@@ -416,7 +440,8 @@ def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str
 
     name, env = _variant_env(variant, before)
     if SINK is not None:
-        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1]}
+        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1],
+               "BENCH_OTLP_HTTP_ENDPOINT": SINK[2]}
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         proc = subprocess.Popen(
@@ -490,9 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--otlp-sink-http", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.otlp_sink:
-        otlp_sink(args.otlp_sink)
+        otlp_sink(args.otlp_sink, args.otlp_sink_http)
         return 0
     if args.serve:
         serve(args.serve, args.port, args.server)
@@ -543,12 +569,13 @@ def _live_sink(variants: list[str]) -> Iterator[None]:
     if not any(v.split(":")[-1] in LIVE_VARIANTS for v in variants):
         yield
         return
-    sink_port = _free_port()
+    sink_port, http_port = _free_port(), _free_port()
     sink = subprocess.Popen([sys.executable, os.path.abspath(__file__),
-                             "--otlp-sink", str(sink_port)])
+                             "--otlp-sink", str(sink_port), "--otlp-sink-http", str(http_port)])
     try:
         _wait_port(sink_port)
-        SINK = (sink.pid, f"http://127.0.0.1:{sink_port}")
+        _wait_port(http_port)
+        SINK = (sink.pid, f"http://127.0.0.1:{sink_port}", f"http://127.0.0.1:{http_port}")
         yield
     finally:
         _stop(sink, 5)
