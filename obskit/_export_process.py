@@ -219,8 +219,9 @@ class ExportLink:
             self._wake.set()
 
     def add_log(self, record: tuple[Any, ...]) -> None:
-        """``record``: (observed ns, trace id, span id, trace flags, the line's fields)
-        (``log_record`` makes the record's values in the export process)."""
+        """``record``: (observed ns, trace id, span id, trace flags, the line's fields as
+        ``_logging.fields_snapshot`` froze them) (``log_record`` makes the record's values in
+        the export process)."""
         q = self.logs
         if len(q) >= MAX_QUEUE:
             self._on_dropped("logs", 1)
@@ -539,13 +540,13 @@ def _span_classes() -> tuple[Any, Any, Any]:
 
 def log_record(item: tuple[Any, ...]) -> tuple[Any, ...]:
     """A log line as the service sent it — (observed ns, trace id, span id, trace flags, the
-    line's fields) — as the record's values: (observed, trace id, span id, flags, severity
-    text, severity number, body, attributes or None), by the service's own rule
-    (``obskit._logging.record_fields``)."""
+    line's fields marshalled by ``_logging.fields_snapshot``) — as the record's values:
+    (observed, trace id, span id, flags, severity text, severity number, body, attributes or
+    None), by the service's own rule (``obskit._logging.record_fields``)."""
     from obskit._logging import record_fields
 
     observed, trace_id, span_id, flags, fields = item
-    text, number, body, attributes = record_fields(fields)
+    text, number, body, attributes = record_fields(marshal.loads(fields))
     return (observed, trace_id, span_id, flags, text, number, body, attributes or None)
 
 

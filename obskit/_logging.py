@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,32 @@ _SEVERITY = {"debug": 5, "info": 9, "warning": 13, "error": 17, "critical": 21}
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
-_NOT_ATTRIBUTES = frozenset(("event", "level", "timestamp", "trace_id", "span_id"))
+# structlog's ProcessorFormatter puts the stdlib record and a flag in a foreign line's dict:
+# the pipeline's own bookkeeping, not the line's fields.
+_META = ("_record", "_from_structlog")
+_NOT_ATTRIBUTES = frozenset(("event", "level", "timestamp", "trace_id", "span_id", *_META))
+_EXACT = frozenset((str, int, float, bool, type(None)))
+
+
+def fields_snapshot(event_dict: Any) -> bytes:
+    """A log line's fields as they are now (``marshal``): what ``record_fields`` reads later, in
+    the export process. A value marshal refuses, or that is not a plain value, becomes what
+    ``record_fields`` would make of it now (``str()``, or its base type)."""
+    if "_record" in event_dict:
+        event_dict = {k: v for k, v in event_dict.items() if k not in _META}
+    try:
+        return marshal.dumps(event_dict)
+    except ValueError:
+        return marshal.dumps({k: _plain_value(v) for k, v in event_dict.items()})
+
+
+def _plain_value(value: Any) -> Any:
+    if type(value) in _EXACT:
+        return value
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    return str(value)
 
 
 def record_fields(event_dict: Mapping[str, Any]) -> tuple[str, int, str, dict[str, Any]]:
@@ -47,9 +73,9 @@ def record_fields(event_dict: Mapping[str, Any]) -> tuple[str, int, str, dict[st
 class _OtlpExport:
     """Processor that emits the event as an OTel log record (body = event, rest = attributes).
 
-    With the export process (``logger_provider`` has ``add_log``), the line goes there as it is,
-    with the ids and time the SDK's ``LogRecord`` would read; the export process makes the
-    record (``record_fields``, the same function as here).
+    With the export process (``logger_provider`` has ``add_log``), the line's fields go there
+    as they are at the call (``fields_snapshot``), with the ids and time the SDK's ``LogRecord``
+    would read; the export process makes the record (``record_fields``, as here).
     """
 
     def __init__(self, logger_provider: Any) -> None:
@@ -71,7 +97,7 @@ class _OtlpExport:
                 if ids is None:
                     sc = _get_current_span().get_span_context()
                     ids = (sc.trace_id, sc.span_id, int(sc.trace_flags))
-                add((time.time_ns(), *ids, dict(event_dict)))  # the renderer may change it
+                add((time.time_ns(), *ids, fields_snapshot(event_dict)))
                 return event_dict
             from opentelemetry._logs import LogRecord, SeverityNumber
 

@@ -524,3 +524,23 @@ def test_lean_spans_go_over_as_the_sdks_spans_do() -> None:
     assert SpanEncoder().request(_frame_of(keep.spans)) == sdk
     assert encode_spans(_through_the_pipe(keep.spans)).SerializeToString(deterministic=True) \
         == sdk
+
+
+def test_a_log_lines_fields_are_taken_as_they_are_at_the_call() -> None:
+    import logging as stdlib_logging
+
+    tuples: list[tuple[Any, ...]] = []
+
+    class Handoff:
+        add_log = tuples.append
+
+    export = _logging._OtlpExport(Handoff())
+    basket = ["a"]
+    record = stdlib_logging.makeLogRecord({"msg": "from stdlib"})
+    export(None, "info", {"event": "e", "basket": basket, "obj": object.__name__,
+                          "_record": record, "_from_structlog": False})
+    basket.append("changed later")
+    record.msg = "rendered later"
+    (item,) = tuples
+    attributes = _export_process.log_record(item)[7]
+    assert attributes == {"basket": "['a']", "obj": "object"}  # str() at the call, as the SDK's
