@@ -576,6 +576,10 @@ def export_link(settings: Settings, cat: Catalogue, log_resource: Resource | Non
     going to ``cat``; ``log_resource`` None: no log records are exported."""
     from obskit import _export_process
 
+    for reason in ("queue_full", "export_failed"):  # series from the start, at 0 (dashboards)
+        cat.spans_dropped.labels(reason)
+        cat.logs_dropped.labels(reason)
+
     def on_counts(kind: str, exported: int, dropped: dict[str, int]) -> None:
         if kind == "spans":
             if exported:

@@ -544,3 +544,16 @@ def test_a_log_lines_fields_are_taken_as_they_are_at_the_call() -> None:
     (item,) = tuples
     attributes = _export_process.log_record(item)[7]
     assert attributes == {"basket": "['a']", "obj": "object"}  # str() at the call, as the SDK's
+
+
+def test_the_drop_counters_have_series_from_the_start() -> None:
+    import obskit
+
+    with OtlpReceiver("grpc") as receiver:
+        handle = obskit.init("series", otlp_endpoint=receiver.endpoint,
+                             log_stream=open(os.devnull, "w"))  # noqa: SIM115
+        assert handle.export_link is not None
+        for name in ("obskit_telemetry_spans_dropped_total",
+                     "obskit_telemetry_log_records_dropped_total"):
+            for reason in ("queue_full", "export_failed"):
+                assert handle.registry.get_sample_value(name, {"reason": reason}) == 0
