@@ -54,6 +54,7 @@ try:
         ENV_TRUSTED_PROXIES,
         Settings,
     )
+    from orderflow.demo import order_states
     from orderflow.statuses import RANK, STATUSES, TERMINAL
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -304,30 +305,17 @@ def read_accepted(path: Path) -> dict[str, str]:
 
 
 # --- accounting -------------------------------------------------------------------------------
-def states(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Each stored order's status and accept -> done time (ms); an id not stored is absent."""
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT o.order_id::text, o.status, EXTRACT(EPOCH FROM (d.at - a.at)) * 1000"
-            " FROM orders o"
-            " LEFT JOIN order_status_history a ON a.order_id = o.order_id AND a.status = 'accepted'"
-            " LEFT JOIN order_status_history d ON d.order_id = o.order_id AND d.status = 'done'"
-            " WHERE o.order_id = ANY(%s::uuid[])", (ids,)).fetchall()
-    return {r[0]: {"status": r[1], "latency_ms": None if r[2] is None else float(r[2])}
-            for r in rows}
-
-
 def wait_settled(dsn: str, ids: list[str], *, quiet: float,
                  timeout: float) -> dict[str, dict[str, Any]]:
     """Poll until every order is terminal, or none moved for ``quiet`` s, or ``timeout``."""
     deadline = time.monotonic() + timeout
-    current = states(dsn, ids)
+    current = order_states(dsn, ids)
     moved_at = time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - moved_at < quiet:
         if all(current.get(i, {}).get("status") in TERMINAL for i in ids):
             break
         time.sleep(1.0)
-        before, current = current, states(dsn, ids)
+        before, current = current, order_states(dsn, ids)
         if any(before.get(i, {}).get("status") != s["status"] for i, s in current.items()):
             moved_at = time.monotonic()
     return current
@@ -363,7 +351,7 @@ def account(ids: list[str], found: dict[str, dict[str, Any]]) -> Accounting:
 
 def check(dsn: str, ids: list[str]) -> Accounting:
     """The pass/fail rule on its own, with no waiting (``--recheck`` and the tests use it)."""
-    return account(ids, states(dsn, ids))
+    return account(ids, order_states(dsn, ids))
 
 
 def percentile(values: list[float], p: float) -> float | None:

@@ -76,47 +76,40 @@ def _attrs(attributes: Any) -> dict[str, Any] | None:
     return dict(attributes) if attributes else None
 
 
-def span_tuple(span: Any, resource_index: int, scope_index: int) -> tuple[Any, ...]:
-    """A finished SDK span as plain values (``rebuild_span`` makes it an SDK span again)."""
-    ctx = span.context
-    parent = span.parent
-    status = span.status
-    return (span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
+def _values(name: str, ctx: Any, parent: Any, kind: Any, start: int | None, end: int | None,
+            status: Any, attributes: dict[str, Any] | None, events: Any, links: Any,
+            dropped: tuple[int, int, int], resource_index: int,
+            scope_index: int) -> tuple[Any, ...]:
+    """A span's values in the order ``rebuild_spans`` and ``_otlp_encode`` read them."""
+    return (name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
             _trace_state(ctx.trace_state),
             None if parent is None else _context_tuple(parent),
-            span.kind.value, span.start_time, span.end_time,
-            status.status_code.value, status.description,
-            _attrs(span.attributes),
+            kind.value, start, end, status.status_code.value, status.description, attributes,
             tuple((e.name, e.timestamp, _attrs(e.attributes), e.dropped_attributes)
-                  for e in span.events) if span.events else None,
+                  for e in events) if events else None,
             tuple((_context_tuple(link.context), _attrs(link.attributes), link.dropped_attributes)
-                  for link in span.links) if span.links else None,
-            span.dropped_attributes, span.dropped_events, span.dropped_links,
-            resource_index, scope_index)
+                  for link in links) if links else None,
+            *dropped, resource_index, scope_index)
+
+
+def span_tuple(span: Any, resource_index: int, scope_index: int) -> tuple[Any, ...]:
+    """A finished SDK span as plain values (``rebuild_spans`` makes it an SDK span again)."""
+    return _values(span.name, span.context, span.parent, span.kind, span.start_time,
+                   span.end_time, span.status, _attrs(span.attributes), span.events, span.links,
+                   (span.dropped_attributes, span.dropped_events, span.dropped_links),
+                   resource_index, scope_index)
 
 
 def lean_span_tuple(span: Any, resource_index: int, scope_index: int) -> tuple[Any, ...]:
     """``span_tuple`` of obskit's own ``LeanSpan`` (its HTTP and messaging spans): read from the
     fields it set itself, without the ``ReadableSpan`` properties' copies (a third of the
     cost per span)."""
-    ctx = span._context
-    parent = span._parent
-    status = span._status
-    events = span._events
-    links = span._links
-    return (span._name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
-            _trace_state(ctx.trace_state),
-            None if parent is None else _context_tuple(parent),
-            span._kind.value, span._start_time, span._end_time,
-            status.status_code.value, status.description,
-            span._attributes or None,
-            tuple((e.name, e.timestamp, _attrs(e.attributes), e.dropped_attributes)
-                  for e in events) if events else None,
-            tuple((_context_tuple(link.context), _attrs(link.attributes), link.dropped_attributes)
-                  for link in links) if links else None,
-            span._dropped, span.dropped_events if events else 0,
-            span.dropped_links if links else 0,
-            resource_index, scope_index)
+    events, links = span._events, span._links
+    return _values(span._name, span._context, span._parent, span._kind, span._start_time,
+                   span._end_time, span._status, span._attributes or None, events, links,
+                   (span._dropped, span.dropped_events if events else 0,
+                    span.dropped_links if links else 0),
+                   resource_index, scope_index)
 
 
 def spans_frame(spans: Sequence[Any]) -> bytes:

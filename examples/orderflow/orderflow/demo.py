@@ -194,7 +194,10 @@ async def _keys(settings: Settings) -> tuple[str, str]:
         await pool.close()
 
 
-def _states(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+def order_states(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each stored order of ``ids``: its status, accept -> done in ms (None until done) and
+    whether a status was repeated; an id that is not stored is absent (the demo's and the load
+    test's accounting)."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT o.order_id::text, o.status,"
@@ -205,7 +208,8 @@ def _states(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
             " LEFT JOIN order_status_history a ON a.order_id = o.order_id AND a.status = 'accepted'"
             " LEFT JOIN order_status_history d ON d.order_id = o.order_id AND d.status = 'done'"
             " WHERE o.order_id = ANY(%s::uuid[])", (ids,)).fetchall()
-    return {r[0]: {"status": r[1], "latency_ms": r[2], "repeated": r[3]} for r in rows}
+    return {r[0]: {"status": r[1], "latency_ms": None if r[2] is None else float(r[2]),
+                   "repeated": r[3]} for r in rows}
 
 
 def _cache_hit_ratio(base: str) -> float:
@@ -279,7 +283,7 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
         # Orders stopped by a fault never finish: with faults on, "no order moved for a while"
         # ends the wait too.
         quiet_for = QUIET_SECONDS + (settings.fault_slow_seconds if "slow-mes" in on else 0.0)
-        states = _states(settings.database_url, ids)
+        states = order_states(settings.database_url, ids)
         moved_at = time.monotonic()
         while time.monotonic() < wait_until:
             if all(states.get(i, {}).get("status") in TERMINAL for i in ids):
@@ -287,7 +291,7 @@ def run(*, duration: float, rate: float = 10.0, port: int = 0, quiet: bool = Fal
             if on and time.monotonic() - moved_at > quiet_for:
                 break
             time.sleep(0.5)
-            before, states = states, _states(settings.database_url, ids)
+            before, states = states, order_states(settings.database_url, ids)
             if any(before.get(i, {}).get("status") != st["status"] for i, st in states.items()):
                 moved_at = time.monotonic()
         cache_ratio = _cache_hit_ratio(base)
