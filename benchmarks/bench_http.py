@@ -433,9 +433,13 @@ def _callgrind_totals(path: str) -> dict[str, int]:
     return dict(zip(events.group(1).split(), map(int, totals.group(1).split()), strict=False))
 
 
-def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str, float]:
-    """Per-request callgrind events of ``variant``'s server over ``n`` requests after warm-up."""
+def callgrind(variant: str, n: int, server: str, before: str | None,
+              keep: str | None = None) -> dict[str, float]:
+    """Per-request callgrind events of ``variant``'s server over ``n`` requests after warm-up;
+    ``keep``: a directory to keep the profile in (``<variant>.<server>.callgrind``), for
+    ``callgrind_annotate``."""
     import asyncio
+    import shutil
     import tempfile
 
     name, env = _variant_env(variant, before)
@@ -459,7 +463,12 @@ def callgrind(variant: str, n: int, server: str, before: str | None) -> dict[str
                            capture_output=True)
         finally:
             _stop(proc, 120)
-        totals = _callgrind_totals(f"{tmp}/cg.{proc.pid}.1")  # the dump after --zero
+        profile = f"{tmp}/cg.{proc.pid}.1"  # the dump after --zero
+        totals = _callgrind_totals(profile)
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(profile, os.path.join(keep, f"{variant.replace(':', '_')}.{server}"
+                                                    ".callgrind"))
     served = n // CG_CONNECTIONS * CG_CONNECTIONS
     per = {k: v / served for k, v in totals.items()}
     l1 = per.get("I1mr", 0) + per.get("D1mr", 0) + per.get("D1mw", 0)
@@ -475,7 +484,8 @@ def run_callgrind(args: argparse.Namespace, server: str) -> None:
         variants += [BEFORE + v for v in variants if v.startswith("obskit")]
     with _live_sink(variants), \
             ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
-        futures = {v: pool.submit(callgrind, v, args.callgrind, server, args.before)
+        futures = {v: pool.submit(callgrind, v, args.callgrind, server, args.before,
+                               args.callgrind_keep)
                    for v in variants}
         results = {v: f.result() for v, f in futures.items()}
     bare = results.get("bare")
@@ -512,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="instead of wrk: N requests per variant under callgrind's cache "
                          "simulation, per-request instructions and cache misses (no noise)")
+    ap.add_argument("--callgrind-keep", metavar="DIR",
+                    help="with --callgrind: keep each variant's profile in DIR "
+                         "(for callgrind_annotate)")
     ap.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--otlp-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
