@@ -6,14 +6,15 @@ it is set up (some at import), calls :func:`report` with its decision and reason
 :func:`enabled`, so that ``OBSKIT_DISABLE_FAST_PATHS=name1,name2`` (or ``all``) forces the fallback.
 A reason starting with "not needed" (or "disabled") is not a problem: ``obskit.init()`` logs those
 with the active paths at INFO and the other off ones at WARNING; ``obskit doctor`` shows them all
-(after :func:`probe`).
+(it makes each path decide first: obskit.cli.doctor knows which module decides which path).
 
 ``private`` lists the private internals each path reads or writes ("dist: module.attr"),
 ``OTHER_PRIVATE`` those used for something other than speed, and ``checked`` the versions each
 was verified on. docs/compatibility.md's section is generated from both
 (``python -m obskit._fastpaths --write docs/compatibility.md``).
 
-This module imports nothing of obskit at import time (the core imports it).
+This module imports nothing of obskit, not even by name at run time: the core and the
+integrations import it (tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import os
 import threading
 from dataclasses import dataclass
 
-__all__ = ["FAST_PATHS", "OTHER_PRIVATE", "FastPath", "enabled", "log_report", "probe", "report",
-           "status"]
+__all__ = ["FAST_PATHS", "OTHER_PRIVATE", "FastPath", "enabled", "log_report", "quiet_reason",
+           "report", "status"]
 
 #: The env var that turns fast paths off. Read at each ``enabled()`` call, but paths decide at
 #: import or setup time: set it before the process starts (see obskit._config).
@@ -277,49 +278,9 @@ def log_report(log: logging.Logger) -> None:
                     "; ".join(off))
 
 
-def probe() -> None:
-    """Make every fast path not decided yet in this process decide now (for ``obskit doctor``
-    in a fresh process). Never raises; a path whose library is missing is reported off."""
-    import importlib
-
-    for name, target in _PROBES:
-        if name is not None and _decisions.get(name) is not None:
-            continue
-        module_name, _, function = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            if function:
-                getattr(module, function)()
-        except Exception as exc:
-            if name is not None and _decisions.get(name) is None:
-                report(name, False, f"not needed: {exc.name or exc} is not installed"
-                       if isinstance(exc, ImportError) else
-                       f"probe failed: {type(exc).__name__}: {exc}")
-
-
 def _known(name: str) -> None:
     if name not in _BY_NAME:
         raise ValueError(f"unknown fast path {name!r}; known: {', '.join(_BY_NAME)}")
-
-
-#: What makes each path decide: a module that decides at import, or "module:function". By name,
-#: so that this core module depends on none of them (they import this one).
-_PROBES: tuple[tuple[str | None, str], ...] = (
-    (None, "obskit._context"),  # baggage_direct
-    (None, "obskit._otel_context"),  # context_direct
-    (None, "obskit._tracing"),  # span_attributes_direct
-    ("lean_spans", "obskit._fastspan:probe_fast_path"),
-    ("span_queue_drop", "obskit._tracing:probe_fast_paths"),  # and the other exporter paths
-    ("log_queue_drop", "obskit._tracing:probe_fast_paths"),
-    ("stepped_otlp_spans", "obskit._tracing:probe_fast_paths"),
-    ("stepped_otlp_logs", "obskit._tracing:probe_fast_paths"),
-    ("direct_otlp_encoding", "obskit._tracing:probe_fast_paths"),
-    ("amqp_propagation", "obskit.rabbitmq._propagation"),
-    ("amqp_properties", "obskit.rabbitmq._properties"),
-    ("fastapi_telemetry_layer", "obskit.integrations.fastapi:probe_fast_path"),
-    (None, "obskit.integrations._http"),  # span_context_by_index
-    ("http_deferred_bookkeeping", "obskit.integrations._http:probe_fast_path"),
-)
 
 
 def markdown() -> str:

@@ -238,7 +238,8 @@ def test_every_fast_path_is_active_on_the_installed_versions(runs):
 
 
 def test_probe_decides_every_fast_path_in_a_fresh_process():
-    code = ("import json; from obskit import _fastpaths; _fastpaths.probe(); "
+    code = ("import json; from obskit import _fastpaths; from obskit.cli import doctor; "
+            "doctor.probe_fast_paths(); "
             "print(json.dumps({p.name: [a, r] for p, a, r in _fastpaths.status()}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "OBSKIT_DISABLE_FAST_PATHS": ""})

@@ -13,10 +13,10 @@ import importlib
 import importlib.util
 import json
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
-from obskit import _config
+from obskit import _config, _fastpaths
 from obskit.integrations import INTEGRATIONS
 
 
@@ -130,11 +130,66 @@ def _integrations(settings: _config.Settings) -> list[dict[str, str]]:
     return out
 
 
+class _Probe(NamedTuple):
+    """What makes a fast path decide in this process."""
+
+    path: str | None  # the path it decides; None: the module decides one or more at import
+    target: str  # a module that decides at import, or "module:function"
+    extra: str = ""  # the obskit extra that installs what the module needs (named when missing)
+
+
+#: Which module decides which fast path. Here, not in obskit._fastpaths: the core imports that
+#: registry, so it must not reach back into the modules that report to it.
+_PROBES: tuple[_Probe, ...] = (
+    _Probe(None, "obskit._context"),  # baggage_direct
+    _Probe(None, "obskit._otel_context"),  # context_direct
+    _Probe(None, "obskit._tracing"),  # span_attributes_direct
+    _Probe("lean_spans", "obskit._fastspan:probe_fast_path"),
+    _Probe("span_queue_drop", "obskit._tracing:probe_fast_paths"),  # and the exporter paths
+    _Probe("log_queue_drop", "obskit._tracing:probe_fast_paths"),
+    _Probe("stepped_otlp_spans", "obskit._tracing:probe_fast_paths"),
+    _Probe("stepped_otlp_logs", "obskit._tracing:probe_fast_paths"),
+    _Probe("direct_otlp_encoding", "obskit._tracing:probe_fast_paths"),
+    # Only obskit.rabbitmq uses these, and its package needs aio-pika (which brings pamqp).
+    _Probe("amqp_propagation", "obskit.rabbitmq._propagation", "rabbitmq"),
+    _Probe("amqp_properties", "obskit.rabbitmq._properties", "rabbitmq"),
+    _Probe("fastapi_telemetry_layer", "obskit.integrations.fastapi:probe_fast_path"),
+    _Probe(None, "obskit.integrations._http"),  # span_context_by_index
+    _Probe("http_deferred_bookkeeping", "obskit.integrations._http:probe_fast_path"),
+)
+
+
+def probe_fast_paths() -> None:
+    """Make every fast path not decided yet in this process decide now. Never raises; a path
+    whose module cannot be imported is reported off, "not needed", naming what is missing."""
+    for probe in _PROBES:
+        if probe.path is not None and _decided(probe.path):
+            continue
+        module_name, _, function = probe.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            if function:
+                getattr(module, function)()
+        except Exception as exc:
+            if probe.path is not None and not _decided(probe.path):
+                _fastpaths.report(probe.path, False, _reason(exc, probe.extra))
+
+
+def _decided(name: str) -> bool:
+    return any(path.name == name and active is not None
+               for path, active, _ in _fastpaths.status())
+
+
+def _reason(exc: Exception, extra: str) -> str:
+    if not isinstance(exc, ImportError):
+        return f"probe failed: {type(exc).__name__}: {exc}"
+    fix = f" (the {extra} extra: pip install 'obskit[{extra}]')" if extra else ""
+    return f"not needed: {exc.name or exc} is not installed{fix}"
+
+
 def _fast_paths() -> list[dict[str, Any]]:
     """Each fast path ``active``, ``off`` (with the reason) or ``undecided``, after probing."""
-    from obskit import _fastpaths
-
-    _fastpaths.probe()
+    probe_fast_paths()
     out = []
     for path, active, reason in _fastpaths.status():
         state = "undecided" if active is None else "active" if active else "off"

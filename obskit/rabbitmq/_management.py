@@ -1,11 +1,13 @@
-"""A small async client for the RabbitMQ management HTTP API (queue depth, audit, admin)."""
+"""A small async client for the RabbitMQ management HTTP API (queue depth, audit, admin).
+
+httpx is imported when a client is made, so that ``obskit.rabbitmq`` (publishing, consuming)
+imports without it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
-
-import httpx
 
 from ._env import management_url
 
@@ -29,6 +31,11 @@ class ManagementClient:
     """
 
     def __init__(self, url: str | None = None, *, timeout: float = 10.0) -> None:
+        try:
+            import httpx
+        except ImportError as exc:
+            raise ImportError("obskit.rabbitmq.ManagementClient needs httpx: "
+                              "pip install 'obskit[rabbitmq]'", name=exc.name) from exc
         parts = urlsplit(management_url(url))
         auth = (parts.username or "guest", parts.password or "guest")
         netloc = parts.hostname or "localhost"

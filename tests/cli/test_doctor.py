@@ -66,3 +66,33 @@ def test_doctor_shows_each_fast_path_and_an_off_one_is_not_a_failure():
     assert "\nfast paths:\n" in text
     assert re.search(r"^  amqp_properties +off \(disabled\)$", text, re.M)
     assert re.search(r"^  stepped_otlp_spans +active$", text, re.M)
+
+
+def _doctor_without(*modules: str) -> subprocess.CompletedProcess:
+    """``obskit doctor --json`` in a process where ``modules`` cannot be imported."""
+    code = ("import sys; sys.modules.update(dict.fromkeys(sys.argv[1:])); "
+            "from obskit.cli import main; sys.exit(main(['doctor', '--json', '--timeout', '1']))")
+    return subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "OBSKIT_SPANS_FILE": "off",
+                                           "OBSKIT_DISABLE_FAST_PATHS": ""})
+
+
+def test_without_the_rabbitmq_extra_the_amqp_paths_name_what_is_missing():
+    # A service installed with obskit[fastapi] only: none of the rabbitmq extra's libraries.
+    r = _doctor_without("httpx", "aio_pika", "aiormq", "pamqp")
+    assert r.returncode == 0, r.stdout + r.stderr
+    paths = {p["name"]: p for p in json.loads(r.stdout)["fast_paths"]}
+    for name in ("amqp_propagation", "amqp_properties"):
+        assert paths[name] == {
+            "name": name, "state": "off", "warning": False,
+            "detail": "not needed: aio_pika is not installed "
+                      "(the rabbitmq extra: pip install 'obskit[rabbitmq]')"}
+    assert paths["lean_spans"]["state"] == "active"
+
+
+def test_the_amqp_paths_do_not_need_httpx():
+    # httpx is only the management API client's: publishing and consuming work without it.
+    r = _doctor_without("httpx")
+    assert r.returncode == 0, r.stdout + r.stderr
+    paths = {p["name"]: p for p in json.loads(r.stdout)["fast_paths"]}
+    assert paths["amqp_propagation"]["state"] == paths["amqp_properties"]["state"] == "active"
