@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import marshal
 import os
@@ -41,6 +42,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
+
+import orjson
 
 from obskit._fastspan import LeanSpan
 
@@ -531,15 +534,26 @@ def _span_classes() -> tuple[Any, Any, Any]:
     return RebuiltSpan, RebuiltEvent, RebuiltLink
 
 
+def _from_json(text: str) -> dict[str, Any]:
+    """A plain line's fields from its rendered JSON (orjson, or json where orjson refuses what
+    json wrote: a lone surrogate escaped)."""
+    try:
+        return orjson.loads(text)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # type: ignore[no-any-return]
+
+
 def log_record(item: tuple[Any, ...]) -> tuple[Any, ...]:
     """A log line as the service sent it — (observed ns, trace id, span id, trace flags, the
-    line's fields marshalled by ``_logging.fields_snapshot``) — as the record's values:
+    line's fields marshalled by ``_logging.fields_snapshot``, or a plain line's rendered JSON
+    text, ``_logging.render(..., plain=True)``) — as the record's values:
     (observed, trace id, span id, flags, severity text, severity number, body, attributes or
     None), by the service's own rule (``obskit._logging.record_fields``)."""
     from obskit._logging import record_fields
 
     observed, trace_id, span_id, flags, fields = item
-    text, number, body, attributes = record_fields(marshal.loads(fields))
+    text, number, body, attributes = record_fields(
+        _from_json(fields) if type(fields) is str else marshal.loads(fields))
     return (observed, trace_id, span_id, flags, text, number, body, attributes or None)
 
 

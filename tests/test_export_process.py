@@ -483,15 +483,26 @@ async def test_the_access_line_record_carries_its_requests_trace(export_process:
         async def item(item_id: str) -> dict[str, str]:
             return {"item_id": item_id}
 
+        @app.get("/basket")
+        async def basket() -> dict[str, str]:
+            obskit.add_request_fields(basket=("a", 1))  # not a plain value: str() as the SDK's
+            return {}
+
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://shop.test") as client:
             assert (await client.get("/items/7")).status_code == 200
+            assert (await client.get("/basket")).status_code == 200
         handle.force_flush(10)
-        (span,) = receiver.wait_for_spans(lambda s: any(x.kind == "SERVER" for x in s))
-        logs = receiver.wait_for_logs(lambda s: any(x.body == "GET /items/7 200" for x in s))
+        spans = receiver.wait_for_spans(
+            lambda s: sum(x.kind == "SERVER" for x in s) == 2)
+        logs = receiver.wait_for_logs(lambda s: any(x.body == "GET /basket 200" for x in s))
+    span = next(x for x in spans if x.name == "GET /items/{item_id}")
     line = next(x for x in logs if x.body == "GET /items/7 200")  # not httpx's own line
     assert (line.trace_id, line.span_id) == (span.trace_id, span.span_id)
     assert line.attributes["route"] == "/items/{item_id}"
+    assert line.attributes["duration_ms"] > 0 and line.attributes["status_code"] == 200
+    extra = next(x for x in logs if x.body == "GET /basket 200")
+    assert extra.attributes["basket"] == "('a', 1)"
 
 
 def test_lean_spans_go_over_as_the_sdks_spans_do() -> None:
@@ -557,3 +568,38 @@ def test_the_drop_counters_have_series_from_the_start() -> None:
                      "obskit_telemetry_log_records_dropped_total"):
             for reason in ("queue_full", "export_failed"):
                 assert handle.registry.get_sample_value(name, {"reason": reason}) == 0
+
+
+@pytest.mark.parametrize(("path", "extra"), [
+    ("/items/7", {}),
+    ("/café/☃ \"q\" \\ \t", {"ok": True, "none": None}),
+    ("/lone/\udcff", {}),  # orjson refuses it: json writes the line, and reads it back
+    ("/items/7", {"big": 2**70}),  # beyond 64 bits: the same
+])
+def test_a_plain_lines_json_gives_the_record_its_fields_would(path: str,
+                                                              extra: dict[str, Any]) -> None:
+    """The access line (plain values, ``render(..., plain=True)``) goes over as its rendered
+    JSON: the export process must make the same record of it as of its fields."""
+    from obskit._logging import _json_renderer
+
+    fields = {"event": f"GET {path} 200", "method": "GET", "route": "/items/{item_id}",
+              "path": path, "status_code": 200, "duration_ms": 0.1 + 0.2, "client": "::1",
+              "request_id": "r" * 32, "trace_id": f"{0xABC:032x}", "span_id": f"{0xDEF:016x}",
+              "order_id": "ord-1", "level": "info", "logger": "obskit.access",
+              "timestamp": "2026-12-06T20:00:00.000001Z", "service": "svc", **extra}
+    tuples: list[tuple[Any, ...]] = []
+
+    class Handoff:
+        add_log = tuples.append
+
+    export = _logging._OtlpExport(Handoff())
+    ids = (0xABC, 0xDEF, 1)
+    export(None, "info", dict(fields), ids)
+    text = _json_renderer()(None, "info", dict(fields))
+    export.add_rendered(ids, text)
+    by_fields, by_text = tuples
+    assert type(by_text[4]) is str and by_text[1:4] == by_fields[1:4] == ids
+    frame = marshal.loads(_export_process._frame(("logs", tuples))[4:])
+    records = [_export_process.log_record(item)[1:] for item in frame[1]]
+    assert records[0] == records[1]
+    assert records[1][6]["path"] == path and records[1][6]["duration_ms"] == 0.1 + 0.2

@@ -184,8 +184,10 @@ class FinishedRequest:
         if trace_id is None or not _logging.exporting:
             return _logging.render(ACCESS_LOGGER, level, fields, self.at)
         if _logging.export_takes_ids:  # the export process: the ids as they are
+            # Plain values only, unless the handler added fields of its own (any type).
             return _logging.render(ACCESS_LOGGER, level, fields, self.at,
-                                   (trace_int, self.span_id, int(self.trace_flags)))
+                                   (trace_int, self.span_id, int(self.trace_flags)),
+                                   self.request is None)
         # The OTLP log record takes its trace ids from the current context: the request's.
         sc = _SpanContext(trace_int, self.span_id, False, _TraceFlags(self.trace_flags))
         token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
