@@ -6,6 +6,7 @@ import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ class Made:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def run(self) -> str | None:
+    def run(self, increments: dict[Any, float] | None) -> str | None:
         Made.ran.append(self.name)
         if self.name == "broken":
             raise RuntimeError("bookkeeping bug")
@@ -57,6 +58,42 @@ def test_work_runs_with_its_batch_in_order_and_its_errors_stay_inside(
     assert path.read_text() == "first\nmade a\nmade b\nlast\n"
 
 
+class Gauge:
+    """A metric child: records each inc() it is given."""
+
+    def __init__(self) -> None:
+        self.incs: list[float] = []
+
+    def inc(self, amount: float) -> None:
+        self.incs.append(amount)
+
+
+class Done:
+    """A finished request's work item: takes its gauge down by one, summed over its batch."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+
+    def run(self, increments: dict[Any, float] | None) -> str | None:
+        if increments is None:
+            self.gauge.inc(-1)
+        else:
+            increments[self.gauge] = increments.get(self.gauge, 0) - 1
+        return None
+
+
+def test_a_batch_applies_the_increments_its_items_summed_once_per_child(
+        to_file: tuple[_Writer, Path]) -> None:
+    get, post = Gauge(), Gauge()
+    for gauge in (get, post, get, get):
+        _deferred.defer(Done(gauge))
+    assert get.incs == post.incs == []  # they wait for the batch, as the lines do
+    _deferred.flush()
+    assert (get.incs, post.incs) == ([-3], [-1])
+    _deferred.run_now(Done(get))  # alone: the item applies its own
+    assert get.incs == [-3, -1]
+
+
 def test_where_lines_go_out_one_at_a_time_work_runs_at_once_after_what_waits(
         to_file: tuple[_Writer, Path]) -> None:
     writer, path = to_file
@@ -90,7 +127,7 @@ def test_work_from_threads_runs_once_each_in_order_past_the_inline_threshold(
         def __init__(self, text: str) -> None:
             self.text = text
 
-        def run(self) -> str:
+        def run(self, increments: dict[Any, float] | None) -> str:
             return self.text
 
     def worker(n: int) -> None:
@@ -122,7 +159,7 @@ def test_the_flusher_thread_takes_batches_by_itself(tmp_path: Path) -> None:
             done = threading.Event()
 
             class Signal:
-                def run(self) -> str:
+                def run(self, increments: dict[Any, float] | None) -> str:
                     done.set()
                     return "by the flusher"
 

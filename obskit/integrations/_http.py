@@ -154,9 +154,13 @@ class FinishedRequest:
     order: tuple[str | None, str | None] | None  # the caller's order (``caller_order()``)
     at: float  # time.time() when it finished
 
-    def run(self) -> str | None:
-        if self.active is not None:
-            self.active.inc(-1)
+    def run(self, increments: dict[Any, float] | None = None) -> str | None:
+        active = self.active
+        if active is not None:
+            if increments is None:
+                active.inc(-1)
+            else:  # summed over the batch, one inc() per method
+                increments[active] = increments.get(active, 0) - 1
         st = self.state
         trace_int = self.trace_id
         trace_id = span_id = None
