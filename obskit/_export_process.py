@@ -246,12 +246,10 @@ class ExportLink:
         """Hand everything queued to the child (frames of ``BATCH``)."""
         with self._send_lock:
             for kind, q in (("spans", self.spans), ("logs", self.logs)):
+                pop = q.popleft
                 while q:
-                    items = []
-                    pop = q.popleft
-                    with contextlib.suppress(IndexError):
-                        for _ in range(BATCH):
-                            items.append(pop())
+                    # Only this thread takes from the queues (under the lock): n are there.
+                    items = [pop() for _ in range(min(len(q), BATCH))]
                     if kind == "spans":
                         data = spans_frame(items)
                     else:
