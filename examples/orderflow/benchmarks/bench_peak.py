@@ -548,6 +548,17 @@ def _group(label: str) -> str:
         "ingress" if label.startswith("ingress") else label
 
 
+def average_per_order(step: dict[str, Any]) -> dict[str, float]:
+    """CPU milliseconds per order of each of our processes (by group) in ``step``: its share of
+    a core over the orders accepted per second, idle work included."""
+    rate = max(step["accepted_per_s"], 1e-6)
+    groups: dict[str, float] = {}
+    for k, v in step["cpu"].items():
+        if k not in NOT_OURS:
+            groups[_group(k)] = groups.get(_group(k), 0.0) + v
+    return {k: round(v * 10 / rate, 2) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
 def cost_per_order(steps: list[dict[str, Any]], cores: int) -> dict[str, Any]:
     """CPU milliseconds each process spends per order: the slope of its CPU against the orders
     accepted per second over the steps (least squares), so what it burns idle (pollers, the
@@ -602,6 +613,14 @@ async def configuration(mes: int, ingress: int, start: float, args: argparse.Nam
             say(f"    CPU per order: {c['total_ms']} ms ("
                 + ", ".join(f"{k} {v}" for k, v in c["ms_per_order"].items())
                 + f"): both cores would carry ~{c['orders_per_s_if_alone']} orders/s")
+        if peak:
+            # The slope above is each process's *extra* CPU per extra order/s: ~0 for one whose
+            # CPU does not grow with the rate (the status consumer writes bigger batches as the
+            # rate grows). Its share at the peak, averaged per order, says what it costs there.
+            at_peak = average_per_order(peak)
+            peak["cpu_ms_per_order_at_peak"] = at_peak
+            say("    CPU per order at the peak, average: "
+                + ", ".join(f"{k} {v}" for k, v in at_peak.items()))
         return r
     finally:
         group.stop()
