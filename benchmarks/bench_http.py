@@ -338,12 +338,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _variant_env(variant: str, before: str | None) -> tuple[str, dict[str, str] | None]:
-    """The variant to serve and its environment (None: this one's)."""
-    if not variant.startswith(BEFORE):
-        return variant, None
-    # The older tree's obskit first on the path (ahead of the editable install); the server
-    # script is this one, so both sides serve the same app.
-    return variant[len(BEFORE):], {**os.environ, "PYTHONPATH": os.path.abspath(before or ".")}
+    """The variant to serve and its environment (None: this one's), with the discarding
+    endpoint's addresses while one runs (``SINK``)."""
+    env: dict[str, str] | None = None
+    if variant.startswith(BEFORE):
+        # The older tree's obskit first on the path (ahead of the editable install); the server
+        # script is this one, so both sides serve the same app.
+        variant = variant[len(BEFORE):]
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(before or ".")}
+    if SINK is not None:
+        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1],
+               "BENCH_OTLP_HTTP_ENDPOINT": SINK[2]}
+    return variant, env
 
 
 def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
@@ -363,9 +369,6 @@ def measure(variant: str, duration: float, connections: int, threads: int,
             warmup: float, server: str, before: str | None = None) -> dict[str, float]:
     port = _free_port()
     variant, env = _variant_env(variant, before)
-    if SINK is not None:
-        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1],
-               "BENCH_OTLP_HTTP_ENDPOINT": SINK[2]}
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", variant, "--port", str(port),
          "--server", server],
@@ -439,13 +442,9 @@ def callgrind(variant: str, n: int, server: str, before: str | None,
     ``keep``: a directory to keep the profile in (``<variant>.<server>.callgrind``), for
     ``callgrind_annotate``."""
     import asyncio
-    import shutil
     import tempfile
 
     name, env = _variant_env(variant, before)
-    if SINK is not None:
-        env = {**(env or os.environ), "BENCH_OTLP_ENDPOINT": SINK[1],
-               "BENCH_OTLP_HTTP_ENDPOINT": SINK[2]}
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         proc = subprocess.Popen(

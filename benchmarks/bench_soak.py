@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         bh._stop(server, 10)
         bh._stop(sink, 5)
 
-    def med(phase: str) -> float:
-        return statistics.median(r["rps"] for r in rows if r["phase"] == phase)
-
     up = statistics.median(r["rps"] for r in rows if r["phase"] in ("up", "back"))
-    down = med("down")
+    down = statistics.median(r["rps"] for r in rows if r["phase"] == "down")
     last_up = [r for r in rows if r["phase"] == "up"][-1]
     last_down = [r for r in rows if r["phase"] == "down"][-1]
     growth = (last_down["rss"] + last_down["child_rss"]) - (last_up["rss"] + last_up["child_rss"])
