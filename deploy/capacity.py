@@ -24,7 +24,7 @@ import math
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +41,30 @@ class Scaling:
     min_pods: int
     max_pods: int
     concurrency: int
-    polling_seconds: int
-    # The ScaledObject's HPA behaviour (obskit/bundle/_kubernetes.py).
-    up_percent: float = 100.0
-    up_pods: int = 4
-    up_period: int = 15
-    down_window: int = 300
-    down_percent: float = 20.0
-    down_period: int = 60
+    polling_seconds: int  # the HPA decides once per poll (its scale-up period is the same)
+    # The ScaledObject's HPA behaviour (obskit.bundle._kubernetes.MES_HPA_BEHAVIOR).
+    up_percent: float
+    up_pods: int
+    down_window: int
+    down_percent: float
+    down_period: int
 
     @classmethod
     def from_bundle(cls) -> Scaling:
         from obskit.bundle import Params
+        from obskit.bundle._kubernetes import MES_HPA_BEHAVIOR
 
         p = Params()
+        up = {policy["type"]: policy["value"]
+              for policy in MES_HPA_BEHAVIOR["scaleUp"]["policies"]}
+        down = MES_HPA_BEHAVIOR["scaleDown"]
+        (down_policy,) = down["policies"]
         return cls(targets=p.queue_targets(), min_pods=p.mes_min_replicas,
                    max_pods=p.mes_max_replicas, concurrency=p.mes_concurrency,
-                   polling_seconds=p.keda_polling_interval)
+                   polling_seconds=p.keda_polling_interval,
+                   up_percent=up["Percent"], up_pods=up["Pods"],
+                   down_window=down["stabilizationWindowSeconds"],
+                   down_percent=down_policy["value"], down_period=down_policy["periodSeconds"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +195,6 @@ class Row:
 class _Hpa:
     s: Scaling
     history: deque[tuple[int, int]] = field(default_factory=deque)  # (t, raw desired)
-    last_up: int = -10**9
     last_down: int = -10**9
 
     def decide(self, t: int, current: int, raw: int) -> int:
@@ -328,12 +334,10 @@ def report_run(rows: list[Row], every: int) -> str:
 def sweep(model: Model, scaling: Scaling, multiple: float) -> str:
     """Both replays for a few KEDA targets: what each costs (pod-minutes) and buys (latency).
     The last is a target far above a pod's slots, which sees only backlogs."""
-    import dataclasses
-
     rows = []
     for u in (0.5, 0.75, 1.0, 15.0):
         targets = {q: max(1, math.floor(scaling.concurrency * u)) for q in CHANNELS}
-        s = dataclasses.replace(scaling, targets=targets)
+        s = replace(scaling, targets=targets)
         for name, scenario in SCENARIOS.items():
             load, seconds = scenario(model.f["today_orders_per_second"], multiple,
                                      model.f["b2c_share"])
@@ -386,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Model.load(args.figures)
     scaling = Scaling.from_bundle()
     if args.max_pods:
-        import dataclasses
-
-        scaling = dataclasses.replace(scaling, max_pods=args.max_pods)
+        scaling = replace(scaling, max_pods=args.max_pods)
     print(report_sizing(model, scaling))
     if args.sweep:
         print(f"\nTarget utilisation, both scenarios at {args.multiple:g}x:")

@@ -368,6 +368,18 @@ def _ingress_extras(p: Params, proc: Process) -> list[Doc]:
     return [service, hpa]
 
 
+#: The MES ScaledObject's HPA behaviour; deploy/capacity.py replays the same rules.
+MES_HPA_BEHAVIOR: Doc = {
+    "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15},
+                             {"type": "Pods", "value": 4, "periodSeconds": 15}]},
+    # Slow down: a pod stopped hands its in-flight orders back (redelivered), which costs a
+    # restart of their stages.
+    "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max",
+                  "policies": [{"type": "Percent", "value": 20, "periodSeconds": 60}]},
+}
+
+
 def _mes_scaling(p: Params, proc: Process) -> list[Doc]:
     ns = p.k8s_namespace
     auth = {
@@ -409,17 +421,7 @@ def _mes_scaling(p: Params, proc: Process) -> list[Doc]:
             # The broker unreachable for 3 polls: hold a safe size instead of shrinking.
             "fallback": {"failureThreshold": 3,
                          "replicas": max(p.mes_min_replicas, min(6, p.mes_max_replicas))},
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                            "policies": [{"type": "Percent", "value": 100,
-                                          "periodSeconds": 15},
-                                         {"type": "Pods", "value": 4, "periodSeconds": 15}]},
-                # Slow down: a pod stopped hands its in-flight orders back (redelivered),
-                # which costs a restart of their stages.
-                "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max",
-                              "policies": [{"type": "Percent", "value": 20,
-                                            "periodSeconds": 60}]},
-            }}},
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": MES_HPA_BEHAVIOR}},
         },
     }
     return [auth, scaled]
