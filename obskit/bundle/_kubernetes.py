@@ -13,7 +13,6 @@ and a misspelt key is a Python error here rather than a silently ignored YAML ke
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -628,8 +627,8 @@ def _dashboards(p: Params) -> list[Doc]:
                            "app.kubernetes.io/component": "dashboards",
                            "app.kubernetes.io/managed-by": "obskit-bundle"},
                           annotations={"grafana_folder": p.grafana_folder}),
-        "data": {name: json.dumps(model, indent=2, sort_keys=True) + "\n"},
-    } for name, model in dashboards.build_all(p).items()]
+        "data": {name: text},
+    } for name, text in dashboards.build_all_json(p).items()]
 
 
 def _collector_monitor(p: Params) -> Doc:

@@ -69,8 +69,8 @@ def render_files(params: Params | None = None, target: str = "compose") -> dict[
                    "alerts/tests/.").format
     for name, text in alerts.build_all(p, rule_header).items():
         files[f"alerts/{name}"] = text
-    for name, model in dashboards.build_all(p).items():
-        files[f"dashboards/{name}"] = json.dumps(model, indent=2, sort_keys=True) + "\n"
+    for name, text in dashboards.build_all_json(p).items():
+        files[f"dashboards/{name}"] = text
     return files
 
 

@@ -6,6 +6,7 @@ panel show data on a healthy system?), which the live query test and the on-call
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from obskit.bundle._queries import Expect, Query, dashboard_queries
 from . import api, cache, find_order, mes, order_flow, rabbitmq, telemetry
 from ._common import Board
 
-__all__ = ["DASHBOARDS", "EXPECTATIONS", "all_queries", "build_all"]
+__all__ = ["DASHBOARDS", "EXPECTATIONS", "all_queries", "build_all", "build_all_json"]
 
 #: File name -> builder, in the order the dashboards are listed.
 DASHBOARDS: dict[str, Callable[[Params], Board]] = {
@@ -27,6 +28,13 @@ DASHBOARDS: dict[str, Callable[[Params], Board]] = {
 def build_all(p: Params) -> dict[str, dict[str, Any]]:
     """File name -> Grafana dashboard model (deterministic for the same ``p``)."""
     return {name: build(p).build() for name, build in DASHBOARDS.items()}
+
+
+def build_all_json(p: Params) -> dict[str, str]:
+    """File name -> the dashboard's JSON as the bundle ships it (compose files and Kubernetes
+    ConfigMaps alike)."""
+    return {name: json.dumps(model, indent=2, sort_keys=True) + "\n"
+            for name, model in build_all(p).items()}
 
 
 def _expectations() -> dict[str, dict[str, Expect]]:
