@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import psycopg
 from bench_e2e import (  # shared with the end-to-end benchmark (this folder is on sys.path)
     BODY,
@@ -69,15 +68,16 @@ from bench_e2e import (  # shared with the end-to-end benchmark (this folder is 
     cpu_probe,
     free_port,
     pct,
+    reset_database,
+    reset_vhost,
     wait_http,
 )
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 try:
     import aiohttp
-except ImportError:  # pragma: no cover - bench_e2e exits first with the fix
-    sys.exit("bench_peak.py needs aiohttp: pip install -e 'examples/orderflow[bench]'")
+    import psutil
+except ImportError as exc:  # pragma: no cover - the bench extra is missing
+    sys.exit(f"bench_peak.py needs {exc.name}: pip install -e 'examples/orderflow[bench]'")
 
 DB_NAME = "orderflow_peak"
 DSN = f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
@@ -89,28 +89,18 @@ TERMINAL = ("done", "failed", "dead_lettered")
 SHOP = "/api/v1/shop/orders"
 #: Processes that can use both cores; every other one is held to one by its GIL or design.
 MULTICORE = {"postgres", "rabbitmq"}
-#: PostgreSQL's own processes (process titles), which work for every database.
 #: Labels of cpu_percent() that are not orderflow's processes or its services.
 NOT_OURS = ("machine", "other", "steal", "client", "bench")
+#: PostgreSQL's own processes (process titles), which work for every database.
 PG_SHARED = ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
              "logical replication launcher", "stats collector", "archiver")
 
 
 # --- environment ------------------------------------------------------------------------------
 def reset_services() -> None:
-    """A fresh database (migrated) and vhost. bench_e2e.py's reset_* are fixed to its own
-    names; these are the same calls for ours."""
-    from orderflow.migrations import upgrade
-
-    with psycopg.connect(make_conninfo(DSN, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(DB_NAME)))
-    upgrade(DSN)
-    with httpx.Client(base_url=MGMT, auth=("guest", "guest"), timeout=10) as c:
-        c.delete(f"/api/vhosts/{VHOST}")
-        c.put(f"/api/vhosts/{VHOST}").raise_for_status()
-        c.put(f"/api/permissions/{VHOST}/guest",
-              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    """A fresh database (migrated) and vhost of our own."""
+    reset_database(DSN)
+    reset_vhost(VHOST)
 
 
 def service_env(args: argparse.Namespace) -> dict[str, str]:
