@@ -109,7 +109,7 @@ def reset_database(dsn: str = DSN) -> None:
     admin = make_conninfo(dsn, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(conninfo_to_dict(dsn)["dbname"])))
+            sql.Identifier(str(conninfo_to_dict(dsn)["dbname"]))))
     upgrade(dsn)
 
 
@@ -195,7 +195,8 @@ class Fleet:
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
 
 
-async def wait_http(url: str, fleet: Fleet, timeout: float = 40) -> None:
+async def wait_http(url: str, fleet: Any, timeout: float = 40) -> None:
+    """Until ``url`` answers 200; ``fleet.check()`` raises if what should serve it died."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as c:
         while time.monotonic() < deadline:

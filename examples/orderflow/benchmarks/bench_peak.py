@@ -380,15 +380,7 @@ class Group:
             raise RuntimeError(f"orderflow all exited with {self.proc.returncode}:\n{tail}")
 
     async def ready(self) -> None:
-        async def up() -> bool:
-            self.check()
-            with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=2) as c:
-                    if (await c.get(f"{self.base}/readyz")).status_code == 200:
-                        return True
-            return False
-
-        await until(up, 60, "orderflow all /readyz")
+        await wait_http(f"{self.base}/readyz", self, 60)
         for q in ("orders.b2c", "order-events.status"):
             want = self.mes if q == "orders.b2c" else 1
 
