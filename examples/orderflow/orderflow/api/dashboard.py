@@ -206,7 +206,8 @@ class _CachedRoute(APIRoute):
         _ROUTES[path] = self
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await answer_hit(scope, send, self.path):
+        # HitsFirst already looked (and found no hit to answer): not twice per request.
+        if scope.get(_PEEKED) or not await answer_hit(scope, send, self.path):
             await super().handle(scope, receive, send)
 
 
@@ -234,9 +235,12 @@ class HitsFirst:
                 if await answer_hit(scope, send, route.path):
                     return
                 del scope["route"]  # the router decides, as for any request
+                scope[_PEEKED] = True
         await self.app(scope, receive, send)
 
 
+# Set on the scope by HitsFirst when it looked for a hit and found none to answer.
+_PEEKED = "orderflow.dashboard.peeked"
 # The dashboard routes that answer hits themselves, by path (HitsFirst finds them here).
 _ROUTES: dict[str, _CachedRoute] = {}
 # The view each (route, query string) reads, remembered: dashboards poll the same few URLs.
