@@ -73,30 +73,36 @@ class Fault:
 
 
 # --- the faults ------------------------------------------------------------------------------
-def _children(run: Run) -> dict[str, int]:
-    """The supervisor's children: name (api, relay, status, mes-1, ...) -> pid."""
-    out: dict[str, int] = {}
+def child_processes(ppid: int) -> list[tuple[str, list[str], int]]:
+    """(subcommand, argv, pid) of the orderflow processes whose parent is ``ppid``."""
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != run.group.pid:
+                ppid_of = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid_of != ppid:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
         args = [a.decode(errors="replace") for a in argv]
-        if "orderflow.cli" not in args:
-            continue
-        cmd = args[args.index("orderflow.cli") + 1]
+        if "orderflow.cli" in args:
+            out.append((args[args.index("orderflow.cli") + 1], args, int(entry)))
+    return out
+
+
+def _children(run: Run) -> dict[str, int]:
+    """The supervisor's children: name (api, relay, status, mes-1, ...) -> pid."""
+    out: dict[str, int] = {}
+    for cmd, args, pid in child_processes(run.group.pid):
         name = {"api": "api", "relay": "relay", "status": "status"}.get(cmd)
         if cmd == "mes":
             name = args[args.index("--worker-id") + 1] if "--worker-id" in args else "mes"
         if name:
-            out[name] = int(entry)
+            out[name] = pid
     return out
 
 

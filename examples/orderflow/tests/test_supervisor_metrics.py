@@ -31,6 +31,8 @@ from conftest import (
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from orderflow.chaos import child_processes
+
 #: ``orderflow all``'s processes in port order: (instance label, service label).
 GROUP = [("ingress", "ingress"), ("crm-relay", "crm-relay"), ("crm-status", "crm-status"),
          ("mes-1", "mes"), ("mes-2", "mes")]
@@ -217,7 +219,7 @@ def test_ingress_processes_share_the_port_and_stop_cleanly(env: dict[str, str],
                     .get("accepted", 0) for port in (base, base + 4)]
         assert all(n > 0 for n in accepted) and sum(accepted) == 40, accepted
         assert set(group.wait_terminal(ids).values()) == {"done"}
-        pids = _children(group.proc.pid)  # type: ignore[union-attr]
+        pids = [(cmd, pid) for cmd, _, pid in child_processes(group.proc.pid)]  # type: ignore[union-attr]
         assert sorted(name for name, _ in pids) == ["api", "api", "mes", "relay", "status"]
     assert group.proc is not None and group.proc.returncode == 0, group.log()[-3000:]
     alive = [name for name, pid in pids if Path(f"/proc/{pid}").exists()]
@@ -227,18 +229,3 @@ def test_ingress_processes_share_the_port_and_stop_cleanly(env: dict[str, str],
         s.bind(("127.0.0.1", group.port))
         s.listen()
 
-
-def _children(ppid: int) -> list[tuple[str, int]]:
-    """(subcommand, pid) of the orderflow processes whose parent is ``ppid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit() or \
-                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != ppid:
-                continue
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if "orderflow.cli" in argv:
-            out.append((argv[argv.index("orderflow.cli") + 1], int(entry.name)))
-    return out
