@@ -151,6 +151,12 @@ def _labels(p: Params, component: str) -> dict[str, str]:
             "app.kubernetes.io/managed-by": "obskit-bundle"}
 
 
+def _obskit_labels(component: str) -> dict[str, str]:
+    """Labels of what the bundle adds for the platform (alerts, dashboards, monitors)."""
+    return {"app.kubernetes.io/name": "obskit", "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "obskit-bundle"}
+
+
 def _selector(component: str) -> dict[str, str]:
     # Stable across releases: a Deployment's selector cannot change.
     return {"app.kubernetes.io/name": "orderflow", "app.kubernetes.io/instance": "orderflow",
@@ -572,13 +578,9 @@ def _orderflow_files(p: Params) -> dict[str, str]:
     files["orderflow/postgresql.yaml"] = _dump([_postgres_cluster(p)], _header("CloudNativePG"))
     files["orderflow/values/redis-ha.yaml"] = _dump([_redis_values(p)], _header(
         "values of the redis-ha chart {2} ({0})".format(*CHARTS["redis-ha"])))
-    resources = [r.removeprefix("orderflow/") for r in files if "/values/" not in r]
-    files["orderflow/kustomization.yaml"] = _dump([{
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "namespace": p.k8s_namespace,
-        "resources": sorted(resources),
-    }], _header("kustomize base of orderflow; the Helm values under values/ are installed "
-                "with helm"))
+    files["orderflow/kustomization.yaml"] = _kustomization(
+        files, "orderflow", p.k8s_namespace,
+        "kustomize base of orderflow; the Helm values under values/ are installed with helm")
     return files
 
 
@@ -607,9 +609,7 @@ def _prometheus_rules(p: Params) -> list[Doc]:
     return [{
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
         "metadata": _meta(f"obskit-{name.removesuffix('.rules.yml')}",
-                          {"app.kubernetes.io/name": "obskit",
-                           "app.kubernetes.io/component": "alerts",
-                           "app.kubernetes.io/managed-by": "obskit-bundle"},
+                          _obskit_labels("alerts"),
                           annotations={"obskit.dev/source": f"alerts/{name}"}),
         "spec": {"groups": doc["groups"]},
     } for name, doc in _rule_files(p).items()]
@@ -623,9 +623,7 @@ def _dashboards(p: Params) -> list[Doc]:
         "metadata": _meta(f"obskit-dashboard-{name.removesuffix('.json')}",
                           # The Grafana sidecar loads ConfigMaps with this label, into the
                           # folder the annotation names.
-                          {"grafana_dashboard": "1", "app.kubernetes.io/name": "obskit",
-                           "app.kubernetes.io/component": "dashboards",
-                           "app.kubernetes.io/managed-by": "obskit-bundle"},
+                          {"grafana_dashboard": "1", **_obskit_labels("dashboards")},
                           annotations={"grafana_folder": p.grafana_folder}),
         "data": {name: text},
     } for name, text in dashboards.build_all_json(p).items()]
@@ -634,9 +632,7 @@ def _dashboards(p: Params) -> list[Doc]:
 def _collector_monitor(p: Params) -> Doc:
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-        "metadata": _meta("otel-collector", {"app.kubernetes.io/name": "obskit",
-                                             "app.kubernetes.io/component": "monitoring",
-                                             "app.kubernetes.io/managed-by": "obskit-bundle"}),
+        "metadata": _meta("otel-collector", _obskit_labels("monitoring")),
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/name": "opentelemetry-collector"}},
             "podMetricsEndpoints": [{
@@ -867,14 +863,19 @@ def _observability_files(p: Params) -> dict[str, str]:
         chart = CHARTS["opentelemetry-collector" if name.startswith("otel-") else name]
         files[f"observability/values/{name}.yaml"] = _dump(
             [values], _header(f"values of the {chart[1]} chart {chart[2]} ({chart[0]})"))
-    files["observability/kustomization.yaml"] = _dump([{
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "namespace": ns,
-        "resources": sorted(r.removeprefix("observability/") for r in files
-                            if "/values/" not in r),
-    }], _header("kustomize base of the platform's resources; the charts' values under values/ "
-                "are installed with helm"))
+    files["observability/kustomization.yaml"] = _kustomization(
+        files, "observability", ns, "kustomize base of the platform's resources; the charts' "
+        "values under values/ are installed with helm")
     return files
+
+
+def _kustomization(files: dict[str, str], folder: str, namespace: str, what: str) -> str:
+    """``folder``/kustomization.yaml: every resource of ``files`` in it, not the Helm values."""
+    return _dump([{
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": namespace,
+        "resources": sorted(r.removeprefix(f"{folder}/") for r in files if "/values/" not in r),
+    }], _header(what))
 
 
 def render_kubernetes(p: Params) -> dict[str, str]:
