@@ -12,7 +12,9 @@ WORKER = textwrap.dedent(
     obskit.init("worker", disabled_instrumentations="all", spans_file="off")
     cat = obskit.get_handle().catalogue
     cat.order_stage.labels("received", "b2c").inc(int(sys.argv[1]))
-    cat.http_server_active.labels("GET").inc()   # a live gauge: must vanish when we die
+    # a live gauge (counted as the middlewares do): must vanish when we die
+    from obskit.metrics import in_flight
+    in_flight(cat.http_server_active.labels("GET")).start()
     print("ready", flush=True)
     sys.stdin.readline()                           # wait until the test lets us go
     """

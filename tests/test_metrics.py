@@ -1,4 +1,5 @@
 import re
+import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -6,7 +7,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 import obskit
-from obskit.metrics import OVERFLOW, Catalogue, LabelGuardError, observe
+from obskit.metrics import OVERFLOW, Catalogue, LabelGuardError, in_flight, observe
 from obskit.testing import init_for_tests
 
 
@@ -139,3 +140,64 @@ def test_exemplars_go_to_the_catalogues_histograms_once_per_bucket_and_interval(
     assert "trace_id" not in om_latest(other).decode()
 
 
+
+
+def test_in_flight_counts_starts_less_ends_and_scrapes_do_not_move_it():
+    reg = CollectorRegistry()
+    cat = Catalogue(reg)
+    child = cat.http_server_active.labels("GET")
+    counter = in_flight(child)
+    assert in_flight(child) is counter  # one per child: a second init() keeps the count
+
+    def active() -> float | None:
+        return reg.get_sample_value("http_server_active_requests", {"method": "GET"})
+
+    assert active() == 0
+    for _ in range(5):
+        counter.start()
+    assert active() == 5
+    assert active() == 5  # reading takes its own count off again
+    counter.inc(-3)  # ends arrive summed, from the deferred batch
+    assert active() == 2
+    counter.inc(-2)
+    assert active() == 0
+
+
+def test_in_flight_loses_no_start_to_threads_racing_each_other_and_a_scraper():
+    reg = CollectorRegistry()
+    counter = in_flight(Catalogue(reg).http_server_active.labels("POST"))
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            reg.get_sample_value("http_server_active_requests", {"method": "POST"})
+
+    def serve() -> None:
+        for _ in range(20_000):
+            counter.start()
+        counter.inc(-5_000)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    workers = [threading.Thread(target=serve) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    scraper.join()
+    assert reg.get_sample_value("http_server_active_requests", {"method": "POST"}) == 60_000
+
+
+def test_in_flight_is_the_childs_own_inc_in_multiprocess_mode(tmp_path, monkeypatch):
+    # The multiprocess collector reads the child's file, never a set_function: there start()
+    # and inc() must write the file (tests/test_exposition.py scrapes it across processes).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    reg = CollectorRegistry()
+    counter = in_flight(Catalogue(reg).http_server_active.labels("PUT"))
+    counter.start()
+    counter.start()
+    counter.inc(-1)
+    # read from the child's value: no set_function was installed
+    assert reg.get_sample_value("http_server_active_requests", {"method": "PUT"}) == 1
+    assert counter.inc.__self__ is not counter

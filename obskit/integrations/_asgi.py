@@ -136,7 +136,7 @@ class ObskitASGIMiddleware:
                 request["request_id"] = rid
                 rid_header = rid.encode("latin-1")
             active = st.active_for(method)
-            active.inc(1)
+            active.start()
             tracer = st.tracer
             if tracer is not None:
                 if _TRACEPARENT in headers or _BAGGAGE in headers:

@@ -24,7 +24,7 @@ from opentelemetry.trace import set_span_in_context as _set_span_in_context
 from obskit import _deferred, _fastpaths, _logging
 from obskit._context import current_order
 from obskit._fastspan import FastTracer
-from obskit.metrics import observe_traced
+from obskit.metrics import InFlight, in_flight, observe_traced
 
 if TYPE_CHECKING:
     from obskit._init import Handle
@@ -60,15 +60,15 @@ class ServerState:
     request_id: bool = True  # accept/generate X-Request-ID (the `request_id` option)
     server_timing: bool = False  # Server-Timing: app;dur=... (the `server_timing` option)
     deferred: bool = True  # finished requests' bookkeeping in batches (a fast path)
-    active_values: dict[str, Any] = field(default_factory=dict)  # active_for()'s, by method
+    active_values: dict[str, InFlight] = field(default_factory=dict)  # active_for()'s, by method
 
-    def active_for(self, method: str) -> Any:
-        """The child of ``http_server_active_requests`` counting ``method``'s requests in flight:
-        ``.inc(1)`` at the start, ``.inc(-1)`` with the request's metrics."""
-        child = self.active_values.get(method)
-        if child is None:  # methods are bounded (KNOWN_METHODS, _OTHER)
-            child = self.active_values[method] = self.active.labels(method)
-        return child
+    def active_for(self, method: str) -> InFlight:
+        """What counts ``method``'s requests in flight in ``http_server_active_requests``:
+        ``.start()`` at the start, ``.inc(-1)`` with the request's metrics."""
+        counter = self.active_values.get(method)
+        if counter is None:  # methods are bounded (KNOWN_METHODS, _OTHER)
+            counter = self.active_values[method] = in_flight(self.active.labels(method))
+        return counter
 
 
 _MAX_REQUEST_ID = 128

@@ -106,7 +106,7 @@ class ObskitWSGIMiddleware:
                 req.fields["request_id"] = _http.request_id(
                     incoming.encode("latin-1", "replace") if incoming else None)
             environ[_STATE_KEY] = req
-            st.active_for(method).inc(1)
+            st.active_for(method).start()
         except Exception as exc:
             internal_error("wsgi.start", exc)
 
