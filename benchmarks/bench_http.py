@@ -187,6 +187,7 @@ def build_app(variant: str) -> Any:
 
 
 BEFORE = "before:"  # prefix of a variant served from the --before tree
+BATCH_BY_SIZE = "BENCH_BATCH_BY_SIZE"  # set by --callgrind (see serve())
 
 #: The OTLP/gRPC services the sink answers: every export is accepted and thrown away unparsed.
 _OTLP_SERVICES = ("opentelemetry.proto.collector.trace.v1.TraceService",
@@ -243,6 +244,14 @@ def serve(variant: str, port: int, server: str = "standard") -> None:
     import uvicorn
 
     app = build_app(variant)
+    if os.environ.get(BATCH_BY_SIZE) == "1":
+        # Under callgrind the server runs ~50x slower: the deferred batch's 0.1 s and the
+        # export hand-over's 0.2 s ticks would cut batches of ~7 requests, where wrk sees 256,
+        # and how many a tick caught varied from run to run (+-5k instructions per request).
+        # Batches by size only, as under load.
+        from obskit import _deferred, _export_process
+
+        _deferred.FLUSH_INTERVAL = _export_process.INTERVAL = 3600.0
     if os.environ.get("BENCH_GC_FREEZE") == "1":  # diagnostic: is a p99 spike a full GC?
         import gc
 
@@ -445,6 +454,7 @@ def callgrind(variant: str, n: int, server: str, before: str | None,
     import tempfile
 
     name, env = _variant_env(variant, before)
+    env = {**(env or os.environ), BATCH_BY_SIZE: "1"}
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         proc = subprocess.Popen(

@@ -176,6 +176,15 @@ FAST_PATHS: tuple[FastPath, ...] = (
         "",
     ),
     FastPath(
+        "lean_histograms",
+        "the catalogue's labelled histograms observe with one call, a bisect and one lock "
+        "(obskit.metrics.LeanHistogram, exposed through prometheus-client's public collector "
+        "API) instead of prometheus-client's six calls and two locks: ~14k instructions per "
+        "request in obskit's HTTP middleware, callgrind (docs/explanation/performance.md)",
+        (),
+        "",
+    ),
+    FastPath(
         "span_context_by_index",
         "the request path reads a SpanContext's fields by tuple index instead of its properties "
         "(checked once at import, obskit.integrations._http)",

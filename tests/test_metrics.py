@@ -1,8 +1,9 @@
 import re
 import threading
+import time
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
@@ -201,3 +202,77 @@ def test_in_flight_is_the_childs_own_inc_in_multiprocess_mode(tmp_path, monkeypa
     # read from the child's value: no set_function was installed
     assert reg.get_sample_value("http_server_active_requests", {"method": "PUT"}) == 1
     assert counter.inc.__self__ is not counter
+
+
+# On bounds, just above one, past the last, negative, NaN (in no bucket); every third one
+# (NaN included) with an exemplar.
+OBSERVATIONS = [0.0004, 0.001, 0.0010001, 0.3, 2.5, 31.0, float("nan"), 1e9, 0.02, 0.02, -1.0]
+
+
+def _expositions(monkeypatch, make_family) -> tuple[bytes, bytes]:
+    """Text and OpenMetrics exposition of a fresh registry holding what ``make_family`` returns
+    after the same observations, in two label sets."""
+    monkeypatch.setattr(time, "time", lambda: 1_767_000_000.25)  # created and exemplar stamps
+    reg = CollectorRegistry()
+    family = make_family(reg)
+    for labels in (("GET", "/a", "200"), ("POST", "/b", "500")):
+        child = family.labels(*labels)
+        for i, value in enumerate(OBSERVATIONS):
+            child.observe(value, {"trace_id": f"{i:032x}"} if i % 3 == 0 else None)
+    return generate_latest(reg), om_latest(reg)
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["created", "no-created"])
+def test_lean_histogram_exposes_what_prometheus_clients_histogram_does(monkeypatch, created):
+    from prometheus_client import Histogram, disable_created_metrics, enable_created_metrics
+
+    from obskit.metrics import LATENCY_BUCKETS, LeanHistogram
+
+    names = ["method", "route", "status_code"]
+    if not created:
+        disable_created_metrics()
+    try:
+        lean = _expositions(monkeypatch, lambda reg: LeanHistogram(
+            "http_server_request_duration_seconds", "Doc.", names, LATENCY_BUCKETS, reg))
+        stock = _expositions(monkeypatch, lambda reg: Histogram(
+            "http_server_request_duration_seconds", "Doc.", names, registry=reg,
+            buckets=LATENCY_BUCKETS))
+    finally:
+        enable_created_metrics()
+    assert lean == stock
+    assert (b"_created" in lean[1]) is created
+    assert b'# {trace_id="00000000000000000000000000000000"} 0.0004' in lean[1]  # exemplar kept
+
+
+def test_lean_histogram_counts_every_observation_of_racing_threads():
+    from obskit.metrics import LeanHistogram
+
+    reg = CollectorRegistry()
+    child = LeanHistogram("h_seconds", "Doc.", ["k"], (0.1, 1.0), reg).labels("x")
+
+    def observe() -> None:
+        for i in range(20_000):
+            child.observe(0.05 if i % 2 else 0.5)
+
+    workers = [threading.Thread(target=observe) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert reg.get_sample_value("h_seconds_count", {"k": "x"}) == 80_000
+    assert reg.get_sample_value("h_seconds_bucket", {"k": "x", "le": "0.1"}) == 40_000
+    assert reg.get_sample_value("h_seconds_sum", {"k": "x"}) == pytest.approx(22_000)
+
+
+def test_the_catalogues_labelled_histograms_are_lean_unless_disabled_or_multiprocess(
+        monkeypatch, tmp_path):
+    from prometheus_client import Histogram
+
+    from obskit.metrics import LeanHistogram
+
+    assert isinstance(Catalogue(CollectorRegistry()).http_server_duration.metric, LeanHistogram)
+    monkeypatch.setenv("OBSKIT_DISABLE_FAST_PATHS", "lean_histograms")
+    assert isinstance(Catalogue(CollectorRegistry()).http_server_duration.metric, Histogram)
+    monkeypatch.delenv("OBSKIT_DISABLE_FAST_PATHS")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert isinstance(Catalogue(CollectorRegistry()).http_server_duration.metric, Histogram)

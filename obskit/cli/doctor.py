@@ -156,6 +156,7 @@ _PROBES: tuple[_Probe, ...] = (
     _Probe("fastapi_telemetry_layer", "obskit.integrations.fastapi:probe_fast_path"),
     _Probe(None, "obskit.integrations._http"),  # span_context_by_index
     _Probe("http_deferred_bookkeeping", "obskit.integrations._http:probe_fast_path"),
+    _Probe("lean_histograms", "obskit.metrics:probe_fast_path"),
 )
 
 
