@@ -60,7 +60,8 @@ EXTERNAL = {
 
 
 def _series_names(metric: Any) -> set[str]:
-    name, kind = metric._name, metric._type
+    (family,) = metric.describe()  # a collector's public description: name and type
+    name, kind = family.name, family.type
     if kind == "counter":
         return {name + "_total"}
     if kind == "histogram":
