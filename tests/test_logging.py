@@ -235,3 +235,22 @@ def test_a_forked_child_starts_its_own_flusher(tmp_path):
     assert events == ["parent", "child, flushed by its own thread"]
 
 
+
+
+def test_a_plain_line_renders_to_the_same_text_as_through_the_full_renderer():
+    # The access line's orjson call without options must give the renderer's bytes, and hand
+    # what orjson refuses to the renderer's own fallback (json).
+    from obskit._logging import _json_renderer, _plain_json_renderer
+
+    full = _json_renderer()
+    plain = _plain_json_renderer(full)
+    lines = [
+        {"event": "GET /items/1 200", "status_code": 200, "duration_ms": 0.123, "ok": True,
+         "client": None, "path": "/größe/✓/\"q\"\\\n\t\x00", "f": 0.1 + 0.2, "big": 2**63 - 1,
+         "neg": -1e-300},
+        {"event": "x", "huge": 2**70},  # beyond 64 bits: orjson refuses, json writes it
+        {"event": "x", "lone": "\ud800"},  # a lone surrogate: the same
+    ]
+    for line in lines:
+        assert plain(dict(line)) == full(None, "info", dict(line))
+    assert json.loads(plain(dict(lines[1])))["huge"] == 2**70

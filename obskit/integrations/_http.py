@@ -185,18 +185,18 @@ class FinishedRequest:
         if self.request is not None or self.order is not None:
             add_request_fields(fields, self.request, self.order)
         level = "error" if status >= 500 else "info"
+        # Plain values only, unless the handler added fields of its own (any type).
+        plain = self.request is None
         if trace_id is None or not _logging.exporting:
-            return _logging.render(ACCESS_LOGGER, level, fields, self.at)
+            return _logging.render(ACCESS_LOGGER, level, fields, self.at, None, plain)
         if _logging.export_takes_ids:  # the export process: the ids as they are
-            # Plain values only, unless the handler added fields of its own (any type).
             return _logging.render(ACCESS_LOGGER, level, fields, self.at,
-                                   (trace_int, self.span_id, int(self.trace_flags)),
-                                   self.request is None)
+                                   (trace_int, self.span_id, int(self.trace_flags)), plain)
         # The OTLP log record takes its trace ids from the current context: the request's.
         sc = _SpanContext(trace_int, self.span_id, False, _TraceFlags(self.trace_flags))
         token = _attach(_set_span_in_context(_NonRecordingSpan(sc)))
         try:
-            return _logging.render(ACCESS_LOGGER, level, fields, self.at)
+            return _logging.render(ACCESS_LOGGER, level, fields, self.at, None, plain)
         finally:
             _detach(token)
 
