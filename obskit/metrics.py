@@ -283,11 +283,13 @@ class _LeanChild:
 
 
 _INF = float("inf")
-_created_probe = Histogram("obskit_created_probe", "", registry=None)
+#: Asked on every scrape: a counter has two samples to a histogram's seventeen, and
+#: prometheus-client gates their ``_created`` with the same switch.
+_created_probe = Counter("obskit_created_probe", "", registry=None)
 
 
 def _created_series() -> bool:
-    """Whether prometheus-client's histograms expose ``_created`` now (its public
+    """Whether prometheus-client's metrics expose ``_created`` now (its public
     ``disable_created_metrics()`` and ``PROMETHEUS_DISABLE_CREATED_SERIES`` turn it off)."""
     return any(s.name.endswith("_created") for metric in _created_probe.collect()
                for s in metric.samples)
